@@ -1,0 +1,205 @@
+"""Command line: ``creditbench {data,warmstart,train,evaluate,run,methods}``.
+
+Every subcommand validates the whole experiment config before doing any work.
+Default paths follow the output contract ``results/<experiment>/...``; the
+Snakemake rules pass them explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from creditbench.config import ConfigError, ExperimentConfig, load_experiment
+from creditbench.tasks import DataError
+
+DEFAULT_CONFIG = "experiments/default.yaml"
+
+
+def _paths(cfg: ExperimentConfig, results: str) -> dict[str, Path]:
+    root = Path(results) / cfg.experiment
+    return {"root": root, "data": root / "data", "base": root / "base", "runs": root / "runs"}
+
+
+def cmd_data(cfg, args):
+    from creditbench.tasks import make_task
+
+    out = Path(args.out or _paths(cfg, args.results)["data"])
+    paths = make_task(cfg.task).write_data(out)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+
+
+def cmd_warmstart(cfg, args):
+    from creditbench.warmstart import warm_start
+
+    p = _paths(cfg, args.results)
+    record = warm_start(cfg, args.data or p["data"], args.out or p["base"])
+    summary = {
+        "greedy_accuracy": record["greedy"]["accuracy"],
+        "sampled_accuracy": record["sampled"]["accuracy"],
+        "mixed_group_fraction": record["sampled"]["mixed_group_fraction"],
+        **{f"localisation_{k}": v for k, v in record["localisation"].items()},
+    }
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_train(cfg, args):
+    from creditbench.train import Trainer
+
+    run = cfg.run(args.run)
+    p = _paths(cfg, args.results)
+    out = args.out or p["runs"] / args.run / f"seed{args.seed}"
+    trainer = Trainer(
+        run, args.seed, args.init or p["base"], args.data or p["data"], out, cfg.methods_dir
+    )
+    ledger = trainer.train(until_step=args.until_step)
+    print(json.dumps({"step": trainer.step, "generated_tokens": ledger["total_generated_tokens"]}))
+
+
+def cmd_evaluate(cfg, args):
+    from creditbench.evaluate import evaluate_accuracy
+    from creditbench.model import default_device, load_policy, load_tokenizer
+    from creditbench.tasks import make_task
+    from creditbench.utils import atomic_write_json
+
+    p = _paths(cfg, args.results)
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"model {str(model_dir)!r} has no config.json")
+    task = make_task(cfg.task, args.data or p["data"])
+    sampling = cfg.run(next(iter(cfg.runs))).sampling
+    model = load_policy(model_dir, cfg.model, default_device(), trainable=False)
+    tokenizer = load_tokenizer(model_dir)
+    result = {"suite": args.suite, "model": str(model_dir), "backend": "creditbench"}
+    result.update(
+        evaluate_accuracy(
+            model,
+            tokenizer,
+            task,
+            task.load(args.suite)[: cfg.eval.problems],
+            sampling,
+            temperature=cfg.eval.temperature,
+            samples=cfg.eval.samples,
+            seed=cfg.eval.seed,
+        )
+    )
+    out = args.out or model_dir.parent / "eval" / f"{args.suite}.json"
+    atomic_write_json(out, result)
+    print(json.dumps(result))
+
+
+def cmd_run(cfg, args):
+    """The whole experiment in one process: data, warm start, every run x seed, evaluation."""
+    p = _paths(cfg, args.results)
+    runs = args.runs.split(",") if args.runs else list(cfg.runs)
+    for r in runs:
+        cfg.run(r)  # validate the selection before any work
+    if not (p["data"] / "train.jsonl").is_file():
+        cmd_data(cfg, argparse.Namespace(out=None, results=args.results))
+    if not (p["base"] / "config.json").is_file():
+        cmd_warmstart(cfg, argparse.Namespace(data=None, out=None, results=args.results))
+    rows = []
+    for r in runs:
+        for seed in cfg.seeds:
+            out = p["runs"] / r / f"seed{seed}"
+            if not (out / "ledger.json").is_file():
+                cmd_train(
+                    cfg,
+                    argparse.Namespace(
+                        run=r,
+                        seed=seed,
+                        init=None,
+                        data=None,
+                        out=out,
+                        until_step=None,
+                        results=args.results,
+                    ),
+                )
+            for suite in cfg.eval.suites:
+                path = out / "eval" / f"{suite}.json"
+                if not path.is_file():
+                    cmd_evaluate(
+                        cfg,
+                        argparse.Namespace(
+                            model=out / "model",
+                            data=None,
+                            suite=suite,
+                            out=path,
+                            results=args.results,
+                        ),
+                    )
+                rows.append((r, seed, suite, json.loads(path.read_text())["accuracy"]))
+    base_acc = json.loads((p["base"] / "warmstart.json").read_text())["greedy"]["accuracy"]
+    print(f"\nwarm start greedy accuracy (test): {base_acc:.3f}")
+    print(f"{'run':<20}{'seed':>6}  {'suite':<10}{'accuracy':>10}")
+    for r, seed, suite, acc in rows:
+        print(f"{r:<20}{seed:>6}  {suite:<10}{acc:>10.3f}")
+
+
+def cmd_methods(cfg, args):
+    from creditbench.methods import available_methods
+
+    print("\n".join(available_methods(cfg.methods_dir)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creditbench", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="experiment YAML")
+        sp.add_argument(
+            "--results", default="results", help="results root (results/<experiment>/...)"
+        )
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("data", cmd_data, "generate the task's datasets")
+    sp.add_argument("--out")
+    sp = add("warmstart", cmd_warmstart, "supervised warm start shared by every run")
+    sp.add_argument("--data")
+    sp.add_argument("--out")
+    sp = add("train", cmd_train, "train one run x seed (resumes from its last checkpoint)")
+    sp.add_argument("--run", required=True)
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--init", help="initial model (default: the warm start)")
+    sp.add_argument("--data")
+    sp.add_argument("--out")
+    sp.add_argument("--until-step", type=int, help="stop after this step (resumable)")
+    sp = add("evaluate", cmd_evaluate, "held-out accuracy of a model on one suite")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--suite", default="test")
+    sp.add_argument("--data")
+    sp.add_argument("--out")
+    sp = add("run", cmd_run, "the whole experiment in one process")
+    sp.add_argument("--runs", help="comma-separated subset of the config's runs")
+    add("methods", cmd_methods, "list the available methods")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars drown the training progress
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_experiment(args.config)
+        args.func(cfg, args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"creditbench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

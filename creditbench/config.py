@@ -1,0 +1,336 @@
+"""Typed experiment and run configuration.
+
+An experiment YAML holds shared settings (task, model, warm start, sampling,
+training, loss, evaluation) and a ``runs`` table; each run names a method and may
+override any shared section. Everything is validated when the file is loaded, before
+any work starts, and every error names the key, the value and what is allowed.
+
+Precedence for a run's ``loss`` and ``train`` sections (later wins):
+engine defaults < the method's paper defaults (``DEFAULTS`` in its file)
+< the experiment's section < the run's own section.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(gt=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key, value and what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- task
+class ChainsTaskConfig(Strict):
+    """The synthetic testbed: modular arithmetic chains, one thought per line."""
+
+    name: Literal["chains"] = "chains"
+    min_len: PositiveInt = 3
+    max_len: PositiveInt = 6
+    ops: list[Literal["+", "-", "*"]] = ["+", "-", "*"]
+    modulus: Annotated[int, Field(ge=2, le=1000)] = 100
+    operand_max: Annotated[int, Field(ge=1, le=99)] = 9
+    long_min_len: PositiveInt = 8
+    long_max_len: PositiveInt = 8
+    n_train: PositiveInt = 20000
+    n_test: PositiveInt = 500
+    data_seed: int = 1234
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ChainsTaskConfig:
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) must be <= max_len ({self.max_len})")
+        if self.long_min_len > self.long_max_len:
+            raise ValueError(
+                f"long_min_len ({self.long_min_len}) must be <= long_max_len ({self.long_max_len})"
+            )
+        if not self.ops:
+            raise ValueError("ops must name at least one of '+', '-', '*'")
+        return self
+
+
+TaskConfig = ChainsTaskConfig
+
+
+# -------------------------------------------------------------------------- model
+class TinyModelConfig(Strict):
+    """A small Llama-style model built from scratch with a character-level tokenizer."""
+
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    intermediate_size: PositiveInt = 384
+    max_position_embeddings: PositiveInt = 512
+    init_seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class LoraConfig(Strict):
+    r: PositiveInt = 64
+    alpha: PositiveInt = 128
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelConfig(Strict):
+    """``path``: a local directory or a hub id; ``null`` builds the tiny testbed model."""
+
+    path: str | None = None
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        p = Path(v).expanduser()
+        if p.exists():
+            if not (p / "config.json").is_file():
+                raise ValueError(f"model directory {v!r} has no config.json")
+            return v
+        looks_local = v.startswith((".", "/", "~")) or v.count("/") != 1
+        if looks_local or not _HUB_ID.match(v):
+            raise ValueError(
+                f"model path {v!r} does not exist (give a local directory or a hub id 'org/name')"
+            )
+        return v
+
+
+# --------------------------------------------------------------------- warm start
+class WarmStartConfig(Strict):
+    """Supervised warm start: solving format first, then self-localisation with replay."""
+
+    steps: NonNegInt = 720
+    localisation_steps: NonNegInt = 300
+    replay_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 2e-3
+    warmup_steps: NonNegInt = 50
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    eval_problems: PositiveInt = 500
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------- sampling
+class SamplingConfig(Strict):
+    temperature: PositiveFloat = 1.0
+    top_p: Probability = 1.0
+    max_new_tokens: PositiveInt = 96
+    max_thoughts: PositiveInt = 20
+    batch_size: PositiveInt = 256
+
+
+# ------------------------------------------------------------------------- train
+class TrainConfig(Strict):
+    steps: PositiveInt = 100
+    prompts_per_step: PositiveInt = 8
+    group_size: Annotated[int, Field(ge=2)] = 8
+    lr: PositiveFloat = 1e-4
+    lr_schedule: Literal["constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
+    warmup_steps: NonNegInt = 0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    adam_betas: tuple[Probability, Probability] = (0.9, 0.999)
+    max_grad_norm: PositiveFloat = 1.0
+    epochs: PositiveInt = 1
+    minibatches: PositiveInt = 1
+    micro_batch_size: PositiveInt | None = None  # sequences per forward (gradient accumulation)
+    checkpoint_every: PositiveInt = 25
+    keep_checkpoints: PositiveInt = 2
+    eval_every: NonNegInt = 25
+    eval_problems: PositiveInt = 200
+
+
+# -------------------------------------------------------------------------- loss
+class LossConfig(Strict):
+    """One policy-gradient loss for every method.
+
+    clip=False: REINFORCE-style ``-A * log pi`` (SRPO's default, no ratio).
+    clip=True: PPO surrogate on ``pi/pi_old`` clipped to [1-epsilon, 1+epsilon_high].
+    aggregation: ``grpo`` = per-sequence token mean then batch mean;
+    ``dapo`` = global token mean over the batch.
+    """
+
+    clip: bool = True
+    epsilon: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    epsilon_high: PositiveFloat | None = None
+    beta: Annotated[float, Field(ge=0)] = 0.0
+    aggregation: Literal["grpo", "dapo"] = "grpo"
+
+
+# -------------------------------------------------------------------- evaluation
+class EvalConfig(Strict):
+    suites: list[Literal["test", "test_long"]] = ["test", "test_long"]
+    problems: PositiveInt = 500
+    samples: PositiveInt = 1
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------- runs
+class RunConfig(Strict):
+    """A fully resolved run: method, its parameters, and every setting it trains with."""
+
+    name: str
+    method: str
+    params: dict[str, Any] = {}
+    task: TaskConfig
+    model: ModelConfig
+    sampling: SamplingConfig
+    train: TrainConfig
+    loss: LossConfig
+    eval: EvalConfig
+
+
+_SECTIONS = {"sampling": SamplingConfig, "train": TrainConfig, "loss": LossConfig}
+
+
+class ExperimentConfig(Strict):
+    experiment: Annotated[str, Field(pattern=r"^[\w.-]+$")] = "default"
+    seeds: list[int] = [0, 1, 2]
+    methods_dir: str | None = None
+    task: TaskConfig = ChainsTaskConfig()
+    model: ModelConfig = ModelConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    sampling: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    loss: dict[str, Any] = {}
+    eval: EvalConfig = EvalConfig()
+    runs: dict[str, dict[str, Any]] = {"grpo": {"method": "grpo"}}
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {v}")
+        return v
+
+    @field_validator("runs")
+    @classmethod
+    def _run_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not v:
+            raise ValueError("runs must name at least one run")
+        for name, spec in v.items():
+            if not re.fullmatch(r"[\w.-]+", name):
+                raise ValueError(f"run name {name!r} may only use letters, digits, '_', '.', '-'")
+            if not isinstance(spec, dict) or "method" not in spec:
+                raise ValueError(f"run {name!r} must be a mapping with a 'method' key")
+        return v
+
+    def run(self, name: str) -> RunConfig:
+        """Resolve and validate one run (raises ConfigError naming the bad key)."""
+        if name not in self.runs:
+            raise ConfigError(f"unknown run {name!r}; this experiment defines: {sorted(self.runs)}")
+        from creditbench.methods import load_method  # local import: methods import the engine
+
+        spec = copy.deepcopy(self.runs[name])
+        method_name = spec.pop("method")
+        try:
+            method = load_method(method_name, self.methods_dir)
+        except KeyError as e:
+            raise ConfigError(f"runs.{name}.method: {e.args[0]}") from None
+        sections = {}
+        for key, model in _SECTIONS.items():
+            merged = _deep_merge(
+                getattr(method, "DEFAULTS", {}).get(key, {}), getattr(self, key), spec.pop(key, {})
+            )
+            sections[key] = _validate(model, merged, f"runs.{name}.{key}")
+        params = _validate(method.Params, spec, f"runs.{name}").model_dump()
+        return RunConfig(
+            name=name,
+            method=method_name,
+            params=params,
+            task=self.task,
+            model=self.model,
+            eval=self.eval,
+            **sections,
+        )
+
+    def all_runs(self) -> dict[str, RunConfig]:
+        return {name: self.run(name) for name in self.runs}
+
+
+def _deep_merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = _deep_merge(out[k], v)
+            else:
+                out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_errors(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        got = f" (got {e['input']!r})" if e["type"] != "missing" and "input" in e else ""
+        lines.append(f"{loc}: {msg}{got}")
+    return "; ".join(lines)
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, prefix)) from None
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load, validate and resolve an experiment YAML; every run is validated too."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return experiment_from_dict(data, source=str(path), overrides=overrides)
+
+
+def experiment_from_dict(
+    data: dict[str, Any], source: str = "<config>", overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    data = _deep_merge(data, overrides or {})
+    try:
+        cfg = _validate(ExperimentConfig, data, "")
+        cfg.all_runs()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    for key, model in _SECTIONS.items():  # shared sections must be valid on their own too
+        try:
+            _validate(model, getattr(cfg, key), key)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    return cfg

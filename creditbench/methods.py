@@ -1,0 +1,128 @@
+"""Method plugins: discovery by name from the ``methods/`` folder, and what a method gets.
+
+A method file ``methods/NAME.py`` defines:
+
+- ``Params``: a pydantic model of the method's own parameters (unknown keys rejected);
+- ``DEFAULTS`` (optional): the paper's ``loss`` / ``train`` settings, e.g.
+  ``{"loss": {"clip": False}}``, below the experiment's and the run's own;
+- ``Method``: a class built as ``Method(params, ctx)`` with two methods,
+  ``collect(problems, step) -> list[Group]`` (what to sample) and
+  ``advantages(groups) -> list[Trajectory]`` (how to assign credit: the returned
+  trajectories carry per-token advantages and masks and are what the loss trains on).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from creditbench.ledger import Ledger
+from creditbench.rollouts import Trajectory, thought_token_ends
+from creditbench.tasks import Problem
+
+DEFAULT_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
+_REQUIRED = ("Params", "Method")
+
+
+def methods_dirs(extra: str | Path | None = None) -> list[Path]:
+    """Search path: the run config's ``methods_dir``, ``$CREDITBENCH_METHODS``, the bundled folder."""
+    dirs = []
+    if extra:
+        dirs.append(Path(extra))
+    for p in os.environ.get("CREDITBENCH_METHODS", "").split(os.pathsep):
+        if p:
+            dirs.append(Path(p))
+    dirs.append(DEFAULT_METHODS_DIR)
+    return dirs
+
+
+def available_methods(extra: str | Path | None = None) -> list[str]:
+    names = set()
+    for d in methods_dirs(extra):
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.py") if not p.stem.startswith("_"))
+    return sorted(names)
+
+
+def load_method(name: str, extra: str | Path | None = None) -> ModuleType:
+    """Import ``NAME.py`` from the first methods folder that has it."""
+    for d in methods_dirs(extra):
+        path = d / f"{name}.py"
+        if path.is_file():
+            key = f"creditbench_methods.{name}_{abs(hash(str(path.resolve())))}"
+            if key in sys.modules:
+                return sys.modules[key]
+            spec = importlib.util.spec_from_file_location(key, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception:
+                del sys.modules[key]
+                raise
+            missing = [a for a in _REQUIRED if not hasattr(module, a)]
+            if missing:
+                raise KeyError(f"method file {path} does not define {missing}")
+            return module
+    raise KeyError(f"unknown method {name!r}; available: {available_methods(extra)}")
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use: the policy, its sampler, the task, the ledger, the run."""
+
+    model: object
+    tokenizer: object
+    sampler: object
+    task: object
+    ledger: Ledger
+    run: object  # RunConfig
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        return self.sampler.encode_prompt(problem.prompt)
+
+    def rollout(
+        self,
+        problems: list[Problem],
+        n: int,
+        purpose: str,
+        prefixes: list[list[int]] | None = None,
+        **sampling,
+    ) -> list[list[Trajectory]]:
+        """Sample ``n`` completions for each problem (continuing each given prefix of ids).
+
+        Returns one list of ``n`` scored trajectories per problem. A prefix is part of
+        the completion (``prefix_len`` marks it) and is never re-tokenised.
+        """
+        prefixes = prefixes or [[] for _ in problems]
+        prompts = [self.prompt_ids(p) for p in problems]
+        contexts = [pr + px for pr, px in zip(prompts, prefixes, strict=True) for _ in range(n)]
+        gens = self.sampler.generate(contexts, purpose=purpose, **sampling)
+        out = []
+        for k, (problem, prompt, prefix) in enumerate(
+            zip(problems, prompts, prefixes, strict=True)
+        ):
+            group = []
+            for g in gens[k * n : (k + 1) * n]:
+                ids = list(prefix) + g.ids
+                text = self.sampler.decode(ids)
+                group.append(
+                    Trajectory(
+                        problem=problem,
+                        prompt_ids=prompt,
+                        completion_ids=ids,
+                        text=text,
+                        # a completion cut off by the length limit scores 0
+                        reward=0.0 if g.stop == "length" else self.task.reward(problem, text),
+                        purpose=purpose,
+                        thought_ends=thought_token_ends(ids, self.tokenizer, self.task.segment),
+                        prefix_len=len(prefix),
+                        stop=g.stop,
+                    )
+                )
+            out.append(group)
+        return out

@@ -1,0 +1,71 @@
+"""Tasks: prompts with ground truth, a verifier, a thought segmenter, and optionally a step oracle.
+
+A task is what a method needs to know about a problem domain and nothing more:
+
+- ``load(split)``: the problems of a split (from the experiment's data directory);
+- ``reward(problem, completion)``: the verifiable outcome ``R(y) in {0, 1}``;
+- ``segment(completion)``: the thoughts ``y_1 .. y_n`` (their concatenation is the text);
+- ``first_error(problem, completion)``: the step oracle, when the task has one;
+- ``localisation_prompt`` / ``parse_localisation``: SRPO's self-localisation call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from creditbench.config import TaskConfig
+from creditbench.utils import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    prompt: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names the file and line."""
+
+
+def write_jsonl(path: Path, problems: list[Problem]) -> None:
+    atomic_write_text(path, "".join(json.dumps(asdict(p)) + "\n" for p in problems))
+
+
+def read_jsonl(path: Path) -> list[Problem]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist (run `creditbench data` first)")
+    problems = []
+    with path.open(encoding="utf-8", errors="strict") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                problems.append(
+                    Problem(
+                        id=str(rec["id"]),
+                        prompt=str(rec["prompt"]),
+                        answer=str(rec["answer"]),
+                        meta=rec.get("meta", {}),
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(
+                    f"{path}:{lineno}: invalid record ({type(e).__name__}: {e})"
+                ) from None
+    return problems
+
+
+def make_task(cfg: TaskConfig, data_dir: str | Path | None = None):
+    """Build the task named by ``cfg.name``."""
+    if cfg.name == "chains":
+        from creditbench.tasks.chains import ChainsTask
+
+        return ChainsTask(cfg, data_dir)
+    raise ValueError(f"unknown task {cfg.name!r}")

@@ -1,0 +1,200 @@
+"""The synthetic ``chains`` testbed: modular arithmetic chains with an exact step oracle.
+
+A problem is a start value and a chain of operations, read left to right, modulo
+``modulus``::
+
+    prompt      7+5*3-4\n
+    solution    7+5=12\n12*3=36\n36-4=32\nA:32\n
+
+Every line of the solution is one thought and can be checked on its own, so the
+first wrong thought of any completion is known (the step oracle). The
+self-localisation prompt appends a (failed) completion and a ``?``; the expected
+answer is the 1-based index of its first wrong thought.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from creditbench.config import ChainsTaskConfig
+from creditbench.tasks import Problem, read_jsonl, write_jsonl
+
+ALPHABET = "0123456789+-*=\nA:?"
+ANSWER_RE = re.compile(r"A:(0|[1-9][0-9]*)")
+LOCALISE_RE = re.compile(r"\s*([0-9]+)")
+SPLITS = ("train", "test", "test_long")
+
+
+def _apply(op: str, a: int, b: int, modulus: int) -> int:
+    if op == "+":
+        return (a + b) % modulus
+    if op == "-":
+        return (a - b) % modulus
+    return (a * b) % modulus
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """A parsed self-localisation answer: the reset thought ``h`` and whether it parsed."""
+
+    thought: int
+    parsed: bool
+
+
+class ChainsTask:
+    name = "chains"
+    alphabet = ALPHABET
+    thought_stop = "\n"  # a thought is one line, newline included
+
+    def __init__(self, cfg: ChainsTaskConfig, data_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+
+    # ------------------------------------------------------------------ data
+    def make_problem(self, rng: random.Random, length: int, pid: str) -> Problem:
+        c = self.cfg
+        start = rng.randrange(c.modulus)
+        ops = [rng.choice(c.ops) for _ in range(length)]
+        operands = [rng.randint(1, c.operand_max) for _ in range(length)]
+        values = [start]
+        for op, b in zip(ops, operands, strict=True):
+            values.append(_apply(op, values[-1], b, c.modulus))
+        prompt = (
+            str(start) + "".join(f"{op}{b}" for op, b in zip(ops, operands, strict=True)) + "\n"
+        )
+        meta = {"ops": ops, "operands": operands, "values": values, "length": length}
+        return Problem(id=pid, prompt=prompt, answer=str(values[-1]), meta=meta)
+
+    def generate(self, split: str) -> list[Problem]:
+        """Deterministic problems of a split (same ``data_seed`` → same problems)."""
+        c = self.cfg
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if split == "train":
+            held_out = {p.prompt for s in ("test", "test_long") for p in self.generate(s)}
+            n, lo, hi = c.n_train, c.min_len, c.max_len
+        else:
+            held_out = set()
+            n = c.n_test
+            lo, hi = (c.min_len, c.max_len) if split == "test" else (c.long_min_len, c.long_max_len)
+        rng = random.Random(f"chains-{c.data_seed}-{split}")
+        out, seen = [], set(held_out)
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 50 * n:
+                raise ValueError(
+                    f"cannot draw {n} distinct {split} problems with these knobs "
+                    f"(lengths {lo}-{hi}, ops {c.ops}, operand_max {c.operand_max}); lower the count"
+                )
+            p = self.make_problem(rng, rng.randint(lo, hi), f"{split}-{len(out)}")
+            if p.prompt in seen:
+                continue
+            seen.add(p.prompt)
+            out.append(p)
+        return out
+
+    def write_data(self, out_dir: str | Path) -> dict[str, Path]:
+        out_dir = Path(out_dir)
+        paths = {}
+        for split in SPLITS:
+            paths[split] = out_dir / f"{split}.jsonl"
+            write_jsonl(paths[split], self.generate(split))
+        return paths
+
+    def load(self, split: str) -> list[Problem]:
+        if self.data_dir is None:
+            return self.generate(split)
+        return read_jsonl(self.data_dir / f"{split}.jsonl")
+
+    # -------------------------------------------------------------- solutions
+    def solution_lines(self, problem: Problem) -> list[str]:
+        m = problem.meta
+        v = m["values"]
+        lines = [f"{v[k]}{m['ops'][k]}{m['operands'][k]}={v[k + 1]}\n" for k in range(m["length"])]
+        return lines + [f"A:{v[-1]}\n"]
+
+    def solution(self, problem: Problem) -> str:
+        return "".join(self.solution_lines(problem))
+
+    def corrupt(self, problem: Problem, rng: random.Random) -> tuple[str, int]:
+        """A failed trace whose first wrong thought is known: ``(text, first_wrong)``.
+
+        The error (a wrong result, or a wrong copied operand) is placed at a uniformly
+        drawn thought, and later lines carry it forward consistently, as a model's own
+        mistakes do. Thought ``length + 1`` is the answer line.
+        """
+        c, m = self.cfg, problem.meta
+        n = m["length"]
+        k = rng.randint(1, n + 1)
+        lines = self.solution_lines(problem)[: k - 1]
+        value = m["values"][k - 1]
+        if k == n + 1:
+            wrong = rng.choice([x for x in range(c.modulus) if x != value])
+            return "".join(lines) + f"A:{wrong}\n", k
+        for j in range(k - 1, n):
+            op, b = m["ops"][j], m["operands"][j]
+            result = _apply(op, value, b, c.modulus)
+            if j == k - 1:
+                if rng.random() < 0.25 and c.operand_max > 1:  # a copy error on the operand
+                    b = rng.choice([x for x in range(1, c.operand_max + 1) if x != b])
+                    result = _apply(op, value, b, c.modulus)
+                    if result == _apply(op, value, m["operands"][j], c.modulus):
+                        result = (result + rng.randint(1, c.modulus - 1)) % c.modulus
+                else:
+                    result = (result + rng.randint(1, c.modulus - 1)) % c.modulus
+            lines.append(f"{value}{op}{b}={result}\n")
+            value = result
+        return "".join(lines) + f"A:{value}\n", k
+
+    # ------------------------------------------------------------- verifier
+    def segment(self, completion: str) -> list[str]:
+        """Thoughts: one per line, newline kept; a trailing unterminated line is a thought."""
+        return completion.splitlines(keepends=True)
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer if the completion ends in exactly one well-formed answer line."""
+        lines = [ln for ln in completion.split("\n") if ln != ""]
+        if not lines or sum(ln.startswith("A:") for ln in lines) != 1:
+            return None
+        match = ANSWER_RE.fullmatch(lines[-1])
+        return match.group(1) if match else None
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        answer = self.extract_answer(completion)
+        return float(answer is not None and answer == problem.answer)
+
+    def first_error(self, problem: Problem, completion: str) -> int | None:
+        """The step oracle: 1-based index of the first wrong thought, ``None`` if all are right.
+
+        A missing thought (the completion stopped early) counts as wrong at its position.
+        """
+        expected = self.solution_lines(problem)
+        thoughts = self.segment(completion)
+        for i, exp in enumerate(expected):
+            if i >= len(thoughts):
+                return i + 1
+            got = thoughts[i]
+            last = i == len(thoughts) - 1
+            if got != exp and not (last and got == exp.rstrip("\n")):
+                return i + 1
+        return len(expected) + 1 if len(thoughts) > len(expected) else None
+
+    # --------------------------------------------------------- localisation
+    def localisation_prompt(self, problem: Problem, completion: str) -> str:
+        if completion and not completion.endswith("\n"):
+            completion += "\n"
+        return problem.prompt + completion + "?"
+
+    def localisation_target(self, first_wrong: int) -> str:
+        return f"{first_wrong}\n"
+
+    def parse_localisation(self, text: str, n_thoughts: int) -> Localisation:
+        """SRPO: ``h`` clamped to ``[1, n]``; a parse failure gives ``h = 1``."""
+        match = LOCALISE_RE.match(text)
+        if not match:
+            return Localisation(1, False)
+        return Localisation(min(max(int(match.group(1)), 1), max(n_thoughts, 1)), True)

@@ -1,0 +1,149 @@
+"""Supervised warm start: the solution format to partial accuracy, then self-localisation.
+
+Phase 1 (``steps``) teaches the solution format on reference solutions, to a
+partial accuracy so that RL groups have variance. Phase 2
+(``localisation_steps``) teaches the localisation prompt on corrupted traces,
+with a ``replay_fraction`` of solving examples so the first skill is kept; it gets
+its own budget because mixing both into one phase leaves localisation at chance.
+Both phases are bounded by step counts, never by time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from creditbench.config import ExperimentConfig
+from creditbench.evaluate import evaluate_accuracy, evaluate_localisation
+from creditbench.model import (
+    build_char_tokenizer,
+    build_tiny_model,
+    default_device,
+    load_policy,
+    load_tokenizer,
+    save_policy,
+)
+from creditbench.tasks import make_task
+from creditbench.utils import atomic_write_json, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def _supervised_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded inputs with labels only on the target tokens."""
+    width = max(len(p) + len(t) for p, t in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    for i, (p, t) in enumerate(pairs):
+        seq = torch.tensor(p + t)
+        ids[i, : len(seq)] = seq
+        attention[i, : len(seq)] = 1
+        labels[i, len(p) : len(seq)] = torch.tensor(t)
+    return ids, attention, labels
+
+
+def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
+    """Train (or load) the base policy shared by every run; save it and its record."""
+    ws = cfg.warm_start
+    out_dir = Path(out_dir)
+    task = make_task(cfg.task, data_dir)
+    train = task.load("train")
+    test = task.load("test")[: ws.eval_problems]
+    seed_everything(ws.seed)
+    device = default_device()
+    if cfg.model.path is None:
+        tokenizer = build_char_tokenizer(task.alphabet)
+        model = build_tiny_model(cfg.model.tiny, tokenizer).to(device)
+    else:
+        tokenizer = load_tokenizer(cfg.model.path)
+        model = load_policy(cfg.model.path, cfg.model, device, trainable=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("warm start: %d parameters on %s", n_params, device)
+    eos = [tokenizer.eos_token_id]
+
+    def encode_prompt(text: str) -> list[int]:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
+        )
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    rng = random.Random(f"warmstart-{ws.seed}")
+
+    def solving_pair():
+        p = rng.choice(train)
+        return encode_prompt(p.prompt), encode(task.solution(p)) + eos
+
+    def localisation_pair():
+        p = rng.choice(train)
+        text, first_wrong = task.corrupt(p, rng)
+        return encode_prompt(task.localisation_prompt(p, text)), encode(
+            task.localisation_target(first_wrong)
+        ) + eos
+
+    phases = [
+        ("solve", ws.steps, 0.0),
+        ("localise", ws.localisation_steps, 1.0 - ws.replay_fraction),
+    ]
+    history = []
+    model.train()
+    for phase, steps, loc_share in phases:
+        if steps == 0:
+            continue
+        opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, weight_decay=ws.weight_decay)
+        sched = get_scheduler(
+            "cosine",
+            opt,
+            num_warmup_steps=min(ws.warmup_steps, steps // 2),
+            num_training_steps=steps,
+        )
+        bar = tqdm(range(steps), desc=f"warm start ({phase})", mininterval=2.0)
+        for step in bar:
+            pairs = [
+                localisation_pair() if rng.random() < loc_share else solving_pair()
+                for _ in range(ws.batch_size)
+            ]
+            ids, attention, labels = _supervised_batch(pairs, tokenizer.pad_token_id)
+            loss = model(
+                input_ids=ids.to(device),
+                attention_mask=attention.to(device),
+                labels=labels.to(device),
+            ).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step % 50 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                history.append({"phase": phase, "step": step, "loss": loss.item()})
+    model.eval()
+    sampling = cfg.run(next(iter(cfg.runs))).sampling
+    record = {
+        "parameters": n_params,
+        "steps": ws.steps,
+        "localisation_steps": ws.localisation_steps,
+        "greedy": evaluate_accuracy(model, tokenizer, task, test, sampling, temperature=0.0),
+        "sampled": evaluate_accuracy(
+            model, tokenizer, task, test, sampling, temperature=sampling.temperature, samples=8
+        ),
+        "localisation": evaluate_localisation(model, tokenizer, task, test[:200], sampling),
+        "loss_history": history,
+    }
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_policy(model, tokenizer, tmp)
+    atomic_write_json(tmp / "warmstart.json", record)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return record
