@@ -99,7 +99,7 @@ def evaluate_localisation(
             ]
             outs = sampler.generate(contexts, purpose="eval", temperature=0.0, max_new_tokens=4)
             hits, chance = 0, 0.0
-            for (p, text, truth), o in zip(items, outs, strict=True):
+            for (_, text, truth), o in zip(items, outs, strict=True):
                 n = len(task.segment(text))
                 hits += task.parse_localisation(o.text, n).thought == min(truth, max(n, 1))
                 chance += 1.0 / max(n, 1)

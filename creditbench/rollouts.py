@@ -82,10 +82,7 @@ def group_normalise(
     centred = r - r.mean()
     if std == "none":
         return centred
-    if r.size == 1:
-        s = 0.0
-    else:
-        s = float(r.std(ddof=1 if std == "unbiased" else 0))
+    s = 0.0 if r.size == 1 else float(r.std(ddof=1 if std == "unbiased" else 0))
     if zero_std_threshold is not None and s < zero_std_threshold:
         return np.zeros_like(r)
     return centred / (s + eps)
