@@ -21,8 +21,10 @@ class Ledger:
         self._open: list[str] = []
 
     def add_tokens(self, purpose: str, generated: int = 0, forwarded: int = 0) -> None:
-        self.generated[purpose] += int(generated)
-        self.forwarded[purpose] += int(forwarded)
+        if generated:
+            self.generated[purpose] += int(generated)
+        if forwarded:
+            self.forwarded[purpose] += int(forwarded)
 
     @contextmanager
     def phase(self, name: str):

@@ -1,0 +1,57 @@
+"""Shared fixtures: a small experiment with data and a warm-started tiny model, built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from creditbench.config import ExperimentConfig, experiment_from_dict
+from creditbench.tasks import make_task
+from creditbench.warmstart import warm_start
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Small enough to build in seconds; the warm start is short, so accuracy is low but nonzero.
+SMALL = {
+    "experiment": "small",
+    "seeds": [0],
+    "task": {"min_len": 2, "max_len": 3, "n_train": 3000, "n_test": 200, "long_min_len": 5, "long_max_len": 5},
+    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 192}},
+    "warm_start": {"steps": 150, "localisation_steps": 30, "batch_size": 32, "lr": 3e-3, "eval_problems": 100},
+    "sampling": {"max_new_tokens": 48},
+    "train": {
+        "steps": 4,
+        "prompts_per_step": 4,
+        "group_size": 4,
+        "checkpoint_every": 2,
+        "eval_every": 0,
+        "eval_problems": 50,
+    },
+    "eval": {"problems": 100},
+    "runs": {"grpo": {"method": "grpo"}},
+}
+
+
+def small_config(**overrides) -> ExperimentConfig:
+    return experiment_from_dict(SMALL, overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def small_experiment(tmp_path_factory) -> dict:
+    """``{"cfg", "data", "base", "record"}``: generated data and a warm-started base model."""
+    root = tmp_path_factory.mktemp("small")
+    cfg = small_config()
+    data = root / "data"
+    make_task(cfg.task).write_data(data)
+    record = warm_start(cfg, data, root / "base")
+    return {"cfg": cfg, "data": data, "base": root / "base", "record": record, "root": root}
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"

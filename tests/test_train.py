@@ -1,0 +1,99 @@
+"""The train loop: exact resume, the ledger's arithmetic, outputs, and failing fast."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from creditbench.train import Trainer, problems_for_step
+
+
+def _weights(model_dir):
+    return load_file(model_dir / "model.safetensors")
+
+
+def _trainer(exp, out, **train):
+    run = exp["cfg"].run("grpo").model_copy(
+        update={"train": exp["cfg"].run("grpo").train.model_copy(update=train)}
+    )
+    return Trainer(run, 0, exp["base"], exp["data"], out)
+
+
+def test_resumed_run_ends_bitwise_equal_to_uninterrupted_run(small_experiment, tmp_path):
+    full = _trainer(small_experiment, tmp_path / "full", steps=4, checkpoint_every=2)
+    full.train()
+
+    first = _trainer(small_experiment, tmp_path / "resumed", steps=4, checkpoint_every=2)
+    first.train(until_step=3)  # stops after step 3; its last checkpoint is step 3's
+    assert not (tmp_path / "resumed" / "model").exists()
+    assert first.step == 3
+    # a fresh process: new trainer, same directory
+    second = _trainer(small_experiment, tmp_path / "resumed", steps=4, checkpoint_every=2)
+    second.train()
+    assert second.step == 4
+
+    a, b = _weights(tmp_path / "full" / "model"), _weights(tmp_path / "resumed" / "model")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows_b] == [1, 2, 3, 4]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        ra, rb = json.loads(ra), json.loads(rb)
+        assert ra["reward"] == rb["reward"] and ra["loss"] == rb["loss"]
+        assert ra["generated_tokens"] == rb["generated_tokens"]
+
+
+def test_resume_skips_a_torn_checkpoint(small_experiment, tmp_path):
+    t = _trainer(small_experiment, tmp_path / "r", steps=4, checkpoint_every=1)
+    t.train(until_step=2)
+    torn = tmp_path / "r" / "checkpoints" / "step_000002" / "COMPLETE"
+    torn.unlink()  # as if the process died while writing step 2
+    again = _trainer(small_experiment, tmp_path / "r", steps=4, checkpoint_every=1)
+    assert again.try_resume()
+    assert again.step == 1
+
+
+def test_ledger_generated_tokens_equal_sum_of_sampled_completion_lengths(small_experiment, tmp_path):
+    t = _trainer(small_experiment, tmp_path / "l", steps=3, eval_every=1)
+    sampled = []
+    collect = t.method.collect
+
+    def recording_collect(problems, step):
+        groups = collect(problems, step)
+        sampled.extend(len(tr.completion_ids) - tr.prefix_len for g in groups for tr in g.trajectories)
+        return groups
+
+    t.method.collect = recording_collect
+    ledger = t.train()
+    n_rollouts = 3 * 4 * 4  # steps x prompts x group size
+    assert len(sampled) == n_rollouts
+    assert ledger["generated_tokens"] == {"rollout": sum(sampled)}
+    assert ledger["total_generated_tokens"] == sum(sampled)
+    on_disk = json.loads((tmp_path / "l" / "ledger.json").read_text())
+    assert on_disk["total_generated_tokens"] == sum(sampled)
+    # evaluation is not charged to the run's training compute, but its time is recorded
+    assert "eval" not in on_disk["generated_tokens"] and on_disk["seconds"]["eval"] > 0
+    last = json.loads((tmp_path / "l" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["generated_tokens"] == sum(sampled)
+    assert "eval/test/accuracy" in last
+
+
+def test_data_position_is_a_function_of_the_step():
+    a = [problems_for_step(10, 4, s, seed=0) for s in range(5)]
+    assert a == [problems_for_step(10, 4, s, seed=0) for s in range(5)]
+    flat = [i for step in a for i in step]
+    assert sorted(flat[:10]) == list(range(10))  # one epoch covers every prompt once
+    assert sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]  # reshuffled per epoch
+    assert problems_for_step(10, 4, 0, seed=1) != a[0]
+
+
+def test_trainer_refuses_a_missing_initial_model(small_experiment, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        Trainer(small_experiment["cfg"].run("grpo"), 0, tmp_path / "nope", small_experiment["data"], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
