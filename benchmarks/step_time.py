@@ -7,7 +7,8 @@ group size, ``max_new_tokens`` / ``max_completion_length``, EOS stopping, temper
 beta 0 and epsilon 0.2, learning rate, AdamW (unfused, as ours), gradient clipping
 1.0, one optimiser step per generation batch, float32, no activation checkpointing,
 no logging, checkpointing or evaluation inside the timed steps. Both run in this
-process, so torch uses the same number of threads for both.
+process, so torch uses the same number of threads for both, and their steps are
+interleaved (TRL's step k, then ours), so a shared or throttled CPU slows both alike.
 
 The first ``--warmup`` steps of each are run but not timed. The table reports the
 mean and median seconds per step, where each trainer's time goes, and the completion
@@ -25,15 +26,17 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would interleave with the table
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
@@ -121,18 +124,13 @@ def prepare(args: argparse.Namespace, root: Path):
 
 
 # ----------------------------------------------------------------------------- ours
-def time_ours(cfg, data: Path, base: Path, out: Path, args) -> dict:
-    run = cfg.run("grpo")
-    trainer = Trainer(run, args.seed, base, data, out)
-    # The warm-up steps go through the same loop; the ledger's phase clock is read after them.
-    trainer.train(until_step=args.warmup)
-    before = dict(trainer.ledger.seconds)
-    trainer.train()
-    after = trainer.ledger.seconds
+def ours_summary(trainer: Trainer, out: Path, warm: dict[str, float], args) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if r["step"] > args.warmup]
-    phases = {k: (after[k] - before.get(k, 0.0)) / len(timed) for k in after}
+    seconds = trainer.ledger.seconds
+    phases = {k: (seconds[k] - warm.get(k, 0.0)) / len(timed) for k in seconds}
     return {
+        # step_seconds spans collect, credit and update; not metrics, eval or checkpoints
         "seconds": [r["step_seconds"] for r in timed],
         "completion_tokens": statistics.mean(r["completion_tokens"] for r in timed),
         "reward": statistics.mean(r["reward"] for r in timed),
@@ -148,7 +146,7 @@ def time_ours(cfg, data: Path, base: Path, out: Path, args) -> dict:
 
 # ------------------------------------------------------------------------------ TRL
 class StepClock(TrainerCallback):
-    """Wall time of each optimiser step: generation, loss, backward, clipping, optimiser."""
+    """Wall time of each TRL optimiser step: generation, loss, backward, clipping, optimiser."""
 
     def __init__(self):
         self.seconds: list[float] = []
@@ -159,6 +157,24 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds.append(time.perf_counter() - self._t0)
+
+
+class Interleave(TrainerCallback):
+    """After TRL's step k, our trainer runs its step k: a shared or throttled CPU slows both alike.
+
+    ``Trainer.train(until_step=k)`` resumes from its own step k-1 checkpoint (weights,
+    optimiser, RNG), so our steps are the same as in an uninterrupted run; the resume and
+    the checkpoint are outside its ``step_seconds``.
+    """
+
+    def __init__(self, ours: Trainer, warmup: int):
+        self.ours, self.warmup = ours, warmup
+        self.warm: dict[str, float] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ours.train(until_step=state.global_step)
+        if state.global_step == self.warmup:  # the phase clocks after the warm-up steps
+            self.warm = dict(self.ours.ledger.seconds)
 
 
 def timed(fn, name: str, totals: dict[str, float]):
@@ -174,8 +190,9 @@ def timed(fn, name: str, totals: dict[str, float]):
     return wrapper
 
 
-def time_trl(cfg, data: Path, base: Path, out: Path, args) -> dict:
+def time_both(cfg, data: Path, base: Path, runs: Path, args) -> tuple[dict, dict]:
     run = cfg.run("grpo")
+    ours = Trainer(run, args.seed, base, data, runs / "ours")
     task = make_task(run.task, data)
     problems = task.load("train")
     t, s = run.train, run.sampling
@@ -193,7 +210,7 @@ def time_trl(cfg, data: Path, base: Path, out: Path, args) -> dict:
             "problem": order,
         }
     )
-    eos = None  # set below, once the trainer has loaded the tokenizer
+    eos = ours.tokenizer.eos_token_id
     lengths: list[int] = []
     rewards: list[float] = []
 
@@ -209,7 +226,7 @@ def time_trl(cfg, data: Path, base: Path, out: Path, args) -> dict:
         return out
 
     config = GRPOConfig(
-        output_dir=str(out),
+        output_dir=str(runs / "trl"),
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         seed=args.seed,
@@ -244,27 +261,28 @@ def time_trl(cfg, data: Path, base: Path, out: Path, args) -> dict:
         dataloader_num_workers=0,
     )
     trainer = GRPOTrainer(model=str(base), reward_funcs=reward, args=config, train_dataset=dataset)
-    eos = trainer.processing_class.eos_token_id
+    trainer.remove_callback(PrinterCallback)  # it prints the end-of-training metrics dict
     totals: dict[str, float] = defaultdict(float)
-    clock = StepClock()
-    trainer.add_callback(clock)
     trainer._generate_single_turn = timed(trainer._generate_single_turn, "generate", totals)
     trainer._generate_and_score_completions = timed(
         trainer._generate_and_score_completions, "collect", totals
     )
     warm: dict[str, float] = {}
 
-    class Snapshot(TrainerCallback):  # the phase clock after the warm-up steps
+    class Snapshot(TrainerCallback):  # TRL's phase clocks after the warm-up steps
         def on_step_end(self, a, state, control, **kwargs):
             if state.global_step == args.warmup:
                 warm.update(totals)
 
-    trainer.add_callback(Snapshot())
+    clock, interleave = StepClock(), Interleave(ours, args.warmup)
+    for callback in (clock, Snapshot(), interleave):  # in this order: the clock stops first
+        trainer.add_callback(callback)
     trainer.train()
+
     seconds = clock.seconds[args.warmup :]
     per_step = {k: (totals[k] - warm.get(k, 0.0)) / len(seconds) for k in totals}
     n_warm_seqs = args.warmup * t.prompts_per_step * t.group_size
-    return {
+    theirs = {
         "seconds": seconds,
         "completion_tokens": statistics.mean(lengths[n_warm_seqs:]),
         "reward": statistics.mean(rewards[n_warm_seqs:]),
@@ -274,6 +292,7 @@ def time_trl(cfg, data: Path, base: Path, out: Path, args) -> dict:
             "update (fwd+bwd+opt)": statistics.mean(seconds) - per_step["collect"],
         },
     }
+    return ours_summary(ours, runs / "ours", interleave.warm, args), theirs
 
 
 # ----------------------------------------------------------------------------- main
@@ -282,13 +301,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
+    # deprecation notices raised inside TRL / transformers, not by anything set here
+    warnings.filterwarnings("ignore", category=FutureWarning)
     with tempfile.TemporaryDirectory(prefix="step_time_") as tmp:
         root = args.workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         cfg, data, base = prepare(args, root)
-        runs = Path(tmp) / "runs"
-        ours = time_ours(cfg, data, base, runs / "ours", args)
-        trl = time_trl(cfg, data, base, runs / "trl", args)
+        ours, trl = time_both(cfg, data, base, Path(tmp) / "runs", args)
 
     n_seq = args.prompts * args.group
     print(

@@ -305,13 +305,27 @@ def _validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(_format_errors(e, prefix)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` as a string; accept the YAML 1.2 float forms everyone writes."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Load, validate and resolve an experiment YAML; every run is validated too."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return experiment_from_dict(data, source=str(path), overrides=overrides)
@@ -325,12 +339,9 @@ def experiment_from_dict(
     data = _deep_merge(data, overrides or {})
     try:
         cfg = _validate(ExperimentConfig, data, "")
+        for key, model in _SECTIONS.items():  # shared sections must be valid on their own
+            _validate(model, getattr(cfg, key), key)
         cfg.all_runs()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    for key, model in _SECTIONS.items():  # shared sections must be valid on their own too
-        try:
-            _validate(model, getattr(cfg, key), key)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
     return cfg

@@ -73,12 +73,12 @@ def group_normalise(
 
     ``std``: ``unbiased`` (TRL / DeepSeekMath), ``population`` (SRPO's code), or
     ``none`` (centre only). ``zero_std_threshold``: if the group's std is below it,
-    every advantage is 0 (SRPO's code uses 1e-8); otherwise a constant group gets
-    0 anyway because ``r - mean(r) = 0``.
+    every advantage is 0 (SRPO's code uses 1e-8). A constant group always gets 0
+    (no signal), whatever ``eps``.
     """
     r = np.asarray(rewards, dtype=np.float64)
-    if r.size == 0:
-        return r
+    if r.size == 0 or np.all(r == r[0]):
+        return np.zeros_like(r)
     centred = r - r.mean()
     if std == "none":
         return centred

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from creditbench.config import SamplingConfig
 from creditbench.ledger import Ledger
@@ -24,6 +24,24 @@ class Generation:
     text: str  # decoded ids, special tokens removed
     stop: str  # "eos", "pattern" or "length"
     logprobs: list[float] | None = None  # log pi(token) under the raw model distribution (T = 1)
+
+
+class StopOnStrings(StoppingCriteria):
+    """Stop a row once its *generated* text contains a stop string.
+
+    Only tokens after ``context_width`` are decoded, so a pattern that started in the
+    context never matches, and any tokenizer (character-level included) works.
+    """
+
+    def __init__(self, tokenizer, stops: list[str], context_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, stops, context_width
+        self.tail = max(len(s) for s in stops)  # every token decodes to >= 1 character
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.width :][:, -self.tail :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        hit = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
 
 class Sampler:
@@ -86,6 +104,12 @@ class Sampler:
         )
         return out
 
+    def _never_sampled(self) -> list[int]:
+        """Pad, BOS and UNK never belong inside a completion (unless one doubles as EOS)."""
+        tok = self.tokenizer
+        special = {tok.pad_token_id, tok.bos_token_id, tok.unk_token_id} - {None, tok.eos_token_id}
+        return sorted(special)
+
     def _stop_ids_and_strings(self, stop: list[str]) -> tuple[list[int], list[str]]:
         eos = self.tokenizer.eos_token_id
         ids, strings = [eos], []
@@ -117,7 +141,7 @@ class Sampler:
             top_k=None,
             eos_token_id=stop_ids,
             pad_token_id=pad,
-            stop_strings=stop_strings or None,
+            suppress_tokens=self._never_sampled() or None,
             return_dict_in_generate=True,
             output_logits=want_logprobs,
         )
@@ -127,7 +151,9 @@ class Sampler:
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             generation_config=gen_cfg,
-            tokenizer=tok if stop_strings else None,
+            stopping_criteria=StoppingCriteriaList(
+                [StopOnStrings(tok, stop_strings, width)] if stop_strings else []
+            ),
         )
         model.train(was_training)
         new = res.sequences[:, width:].cpu()

@@ -1,4 +1,4 @@
-"""The ``chains`` testbed: generator, step oracle, corruptions, verifier, localisation, data files."""
+"""The ``chains`` testbed: generator, step oracle, corruptions, verifier, localisation, data."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def task(**knobs) -> ChainsTask:
 
 
 class ScriptedRng:
-    """Stands in for ``random.Random`` in ``make_problem``: start value, ops and operands scripted."""
+    """Stands in for ``random.Random`` in ``make_problem``: scripted start, ops and operands."""
 
     def __init__(self, start: int, ops: list[str], operands: list[int]):
         self.start, self.ops, self.operands = start, list(ops), list(operands)
@@ -45,7 +45,7 @@ def scripted(t: ChainsTask, start: int, ops: list[str], operands: list[int]) -> 
 
 
 def evaluate_prompt(prompt: str, modulus: int) -> int:
-    """Independent oracle: parse ``a op b op c ...`` and evaluate left to right modulo ``modulus``."""
+    """Independent oracle: parse ``a op b op c ...``, evaluate left to right modulo ``modulus``."""
     tokens = re.findall(r"\d+|[+*-]", prompt.strip())
     value = int(tokens[0])
     for op, b in zip(tokens[1::2], tokens[2::2], strict=True):

@@ -20,7 +20,9 @@ from creditbench.tasks import Problem
 PROBLEM = Problem(id="p", prompt="1+2\n", answer="3")
 
 
-def traj(n_completion: int = 3, reward: float = 0.0, n_prompt: int = 2, start: int = 10) -> Trajectory:
+def traj(
+    n_completion: int = 3, reward: float = 0.0, n_prompt: int = 2, start: int = 10
+) -> Trajectory:
     return Trajectory(
         problem=PROBLEM,
         prompt_ids=list(range(start, start + n_prompt)),
@@ -39,7 +41,9 @@ def test_group_normalise_unbiased_std():
     assert got == pytest.approx([0.75 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001])
     assert got == pytest.approx([1.49970006, -0.49990002, -0.49990002, -0.49990002], abs=1e-8)
     # [1, 1, 0, 0]: unbiased var 1/3 -> std 0.57735027
-    assert group_normalise([1, 1, 0, 0]) == pytest.approx([0.86587543] * 2 + [-0.86587543] * 2, abs=1e-8)
+    assert group_normalise([1, 1, 0, 0]) == pytest.approx(
+        [0.86587543] * 2 + [-0.86587543] * 2, abs=1e-8
+    )
 
 
 def test_group_normalise_population_std():
@@ -47,12 +51,16 @@ def test_group_normalise_population_std():
     got = group_normalise([1, 0, 0, 0], std="population")
     assert got == pytest.approx([1.73165090, -0.57721697, -0.57721697, -0.57721697], abs=1e-8)
     # [1, 1, 0, 0]: population std 0.5 -> 0.5 / 0.5001
-    assert group_normalise([1, 1, 0, 0], std="population") == pytest.approx([0.99980004] * 2 + [-0.99980004] * 2, abs=1e-8)
+    assert group_normalise([1, 1, 0, 0], std="population") == pytest.approx(
+        [0.99980004] * 2 + [-0.99980004] * 2, abs=1e-8
+    )
 
 
 def test_group_normalise_none_only_centres():
     assert group_normalise([1, 0, 0, 0], std="none") == pytest.approx([0.75, -0.25, -0.25, -0.25])
-    assert group_normalise([0.5, 0.25, 1.0], std="none") == pytest.approx([-0.0833333333, -0.3333333333, 0.4166666667])
+    assert group_normalise([0.5, 0.25, 1.0], std="none") == pytest.approx(
+        [-0.0833333333, -0.3333333333, 0.4166666667]
+    )
 
 
 def test_group_normalise_eps_is_added_to_the_std():
@@ -71,7 +79,9 @@ def test_constant_group_gets_zero_advantages(rewards, std, threshold):
 
 def test_zero_std_threshold_zeroes_groups_below_it_only():
     assert group_normalise([1.0, 1.0 + 1e-10], zero_std_threshold=1e-8).tolist() == [0.0, 0.0]
-    assert group_normalise([1, 0], zero_std_threshold=1e-8) == pytest.approx([0.5 / 0.70720678, -0.5 / 0.70720678])
+    assert group_normalise([1, 0], zero_std_threshold=1e-8) == pytest.approx(
+        [0.5 / 0.70720678, -0.5 / 0.70720678]
+    )
 
 
 @pytest.mark.parametrize("rewards", [[1, 1, 1, 1], [0, 0], [1]])
@@ -157,7 +167,9 @@ A_PM = [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]
 def clipped_case(cfg: LossConfig):
     logp = leaf(L)
     old = t(L) - torch.log(t(RATIOS))
-    loss, stats = policy_loss(logp, t(A_PM), torch.ones(2, 3, dtype=torch.float64), cfg, old_logprobs=old)
+    loss, stats = policy_loss(
+        logp, t(A_PM), torch.ones(2, 3, dtype=torch.float64), cfg, old_logprobs=old
+    )
     loss.backward()
     return loss.item(), logp.grad, stats
 
@@ -197,7 +209,9 @@ def test_k3_kl_value_and_gradient():
     logp = leaf([[-1.0, -1.0, -2.0]])
     ref = t([[-1.5, -1.0, -1.0]])  # delta = ref - logp = [-0.5, 0, 1]
     cfg = LossConfig(clip=False, beta=0.1)
-    loss, stats = policy_loss(logp, t([[0.0, 0.0, 0.0]]), t([[1.0, 1.0, 1.0]]), cfg, ref_logprobs=ref)
+    loss, stats = policy_loss(
+        logp, t([[0.0, 0.0, 0.0]]), t([[1.0, 1.0, 1.0]]), cfg, ref_logprobs=ref
+    )
     kl = [math.exp(-0.5) + 0.5 - 1, 0.0, math.e - 2]
     assert kl == pytest.approx([0.10653066, 0.0, 0.71828183])
     assert stats["kl"] == pytest.approx(sum(kl) / 3)
@@ -238,7 +252,7 @@ def test_micro_batch_normalisers_make_halves_sum_to_the_full_loss(aggregation):
         parts.append(part.item())
     assert sum(parts) == pytest.approx(full.item())
     close(logp_parts.grad, logp_full.grad)
-    # without the normalisers a micro-batch is normalised by its own size (7 of 12 tokens, 2 of 4 rows)
+    # alone, a micro-batch is normalised by its own size (7 of 12 tokens, 2 of 4 rows)
     alone, _ = policy_loss(logp_full[:2], adv[:2], mask[:2], cfg, old_logprobs=old[:2])
     scale = 12 / 7 if aggregation == "dapo" else 2.0
     assert alone.item() == pytest.approx(parts[0] * scale)
@@ -280,7 +294,9 @@ def test_batch_pads_prompts_left_and_completions_right():
     assert batch.advantages.dtype == batch.loss_mask.dtype == torch.float32
     assert batch.old_logprobs is None and batch.ref_logprobs is None
     sel = batch.select([1])
-    assert sel.prompt_ids.tolist() == [[20, 21, 22, 23]] and sel.loss_mask.tolist() == [[1.0, 0.0, 0.0]]
+    assert sel.prompt_ids.tolist() == [[20, 21, 22, 23]] and sel.loss_mask.tolist() == [
+        [1.0, 0.0, 0.0]
+    ]
 
 
 def test_batch_handles_empty_completion():
@@ -311,10 +327,9 @@ def test_ledger_phase_times_and_does_not_double_count_nesting(monkeypatch):
     clock = iter([0.0, 1.0, 3.0, 10.0, 20.0, 20.5, 30.0, 31.0])
     monkeypatch.setattr(ledger_module.time, "perf_counter", lambda: next(clock))
     led = Ledger()
-    with led.phase("generate"):  # t = 0
-        with led.phase("generate"):  # nested: not timed again
-            with led.phase("score"):  # t = 1 .. 3
-                pass
+    # generate opens at t = 0; the nested generate is not timed again; score runs t = 1 .. 3
+    with led.phase("generate"), led.phase("generate"), led.phase("score"):
+        pass
     # generate closes at t = 10
     with led.phase("generate"):  # t = 20 .. 20.5
         pass
@@ -327,20 +342,20 @@ def test_ledger_phase_times_and_does_not_double_count_nesting(monkeypatch):
 def test_ledger_round_trips_through_dict():
     led = Ledger()
     led.add_tokens("rollout", generated=12, forwarded=40)
-    led.add_tokens("gradient", forwarded=52)
+    led.add_tokens("gradient", generated=3, forwarded=52)
     led.seconds["generate"] = 1.25
     d = led.to_dict()
     assert d == {
-        "generated_tokens": {"gradient": 0, "rollout": 12},
+        "generated_tokens": {"gradient": 3, "rollout": 12},
         "forwarded_tokens": {"gradient": 52, "rollout": 40},
         "seconds": {"generate": 1.25},
-        "total_generated_tokens": 12,
+        "total_generated_tokens": 15,
         "total_forwarded_tokens": 92,
     }
     again = Ledger.from_dict(d)
     assert again.to_dict() == d
     again.add_tokens("rollout", generated=1)
-    assert again.total_generated == 13
+    assert again.total_generated == 16
 
 
 # ---------------------------------------------------------------- grpo credit
@@ -356,7 +371,10 @@ def test_grpo_gives_every_token_its_groups_normalised_reward():
     assert trained == g1.trajectories + g2.trajectories
     hi, lo = 0.75 / 0.5001, -0.25 / 0.5001
     assert [tr.advantages for tr in trained[:4]] == [
-        pytest.approx([hi] * 2), pytest.approx([lo] * 3), pytest.approx([lo]), pytest.approx([lo] * 4)
+        pytest.approx([hi] * 2),
+        pytest.approx([lo] * 3),
+        pytest.approx([lo]),
+        pytest.approx([lo] * 4),
     ]
     assert [tr.advantages for tr in trained[4:]] == [[0.0, 0.0], [0.0, 0.0]]
     assert all(tr.loss_mask is None for tr in trained)
@@ -364,7 +382,9 @@ def test_grpo_gives_every_token_its_groups_normalised_reward():
 
 def test_grpo_params_select_the_normalisation():
     g = Group([traj(1, 1.0), traj(1, 0.0), traj(1, 0.0), traj(1, 0.0)])
-    assert [tr.advantages[0] for tr in grpo(std="none").advantages([g])] == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    assert [tr.advantages[0] for tr in grpo(std="none").advantages([g])] == pytest.approx(
+        [0.75, -0.25, -0.25, -0.25]
+    )
     got = [tr.advantages[0] for tr in grpo(std="population").advantages([g])]
     assert got == pytest.approx([1.73165090, -0.57721697, -0.57721697, -0.57721697], abs=1e-8)
 

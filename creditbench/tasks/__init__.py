@@ -41,11 +41,12 @@ def read_jsonl(path: Path) -> list[Problem]:
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist (run `creditbench data` first)")
     problems = []
-    with path.open(encoding="utf-8", errors="strict") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 rec = json.loads(line)
                 problems.append(
                     Problem(
@@ -55,7 +56,7 @@ def read_jsonl(path: Path) -> list[Problem]:
                         meta=rec.get("meta", {}),
                     )
                 )
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(
                     f"{path}:{lineno}: invalid record ({type(e).__name__}: {e})"
                 ) from None

@@ -25,6 +25,7 @@ from creditbench.tasks import Problem, read_jsonl, write_jsonl
 ALPHABET = "0123456789+-*=\nA:?"
 ANSWER_RE = re.compile(r"A:(0|[1-9][0-9]*)")
 LOCALISE_RE = re.compile(r"\s*([0-9]+)")
+THOUGHT_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay inside a thought
 SPLITS = ("train", "test", "test_long")
 
 
@@ -125,16 +126,24 @@ class ChainsTask:
 
         The error (a wrong result, or a wrong copied operand) is placed at a uniformly
         drawn thought, and later lines carry it forward consistently, as a model's own
-        mistakes do. Thought ``length + 1`` is the answer line.
+        mistakes do. Thought ``length + 1`` is the answer line. Modular products can
+        cancel an error downstream, so a draw whose answer comes out right is redrawn.
         """
+        n = problem.meta["length"]
+        k = rng.randint(1, n + 1)
+        while True:
+            text = self._corrupt_at(problem, k, rng)
+            if self.reward(problem, text) == 0:
+                return text, k
+
+    def _corrupt_at(self, problem: Problem, k: int, rng: random.Random) -> str:
         c, m = self.cfg, problem.meta
         n = m["length"]
-        k = rng.randint(1, n + 1)
         lines = self.solution_lines(problem)[: k - 1]
         value = m["values"][k - 1]
         if k == n + 1:
             wrong = rng.choice([x for x in range(c.modulus) if x != value])
-            return "".join(lines) + f"A:{wrong}\n", k
+            return "".join(lines) + f"A:{wrong}\n"
         for j in range(k - 1, n):
             op, b = m["ops"][j], m["operands"][j]
             result = _apply(op, value, b, c.modulus)
@@ -148,12 +157,12 @@ class ChainsTask:
                     result = (result + rng.randint(1, c.modulus - 1)) % c.modulus
             lines.append(f"{value}{op}{b}={result}\n")
             value = result
-        return "".join(lines) + f"A:{value}\n", k
+        return "".join(lines) + f"A:{value}\n"
 
     # ------------------------------------------------------------- verifier
     def segment(self, completion: str) -> list[str]:
         """Thoughts: one per line, newline kept; a trailing unterminated line is a thought."""
-        return completion.splitlines(keepends=True)
+        return THOUGHT_RE.findall(completion)
 
     def extract_answer(self, completion: str) -> str | None:
         """The final answer if the completion ends in exactly one well-formed answer line."""
