@@ -124,10 +124,16 @@ class ModelConfig(Strict):
 
 # --------------------------------------------------------------------- warm start
 class WarmStartConfig(Strict):
-    """Supervised warm start: solving format first, then self-localisation with replay."""
+    """Supervised warm start: the solution format first, then the prompted skills with replay.
+
+    ``skills``: what the second phase teaches on corrupted traces (``localisation``:
+    name the first wrong thought, SRPO; ``revision``: compare-and-correct, IBPO), in
+    equal shares, with ``replay_fraction`` of solving examples mixed in.
+    """
 
     steps: NonNegInt = 720
-    localisation_steps: NonNegInt = 300
+    skill_steps: NonNegInt = 300
+    skills: list[Literal["localisation", "revision"]] = ["localisation", "revision"]
     replay_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 2e-3

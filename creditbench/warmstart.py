@@ -1,10 +1,11 @@
 """Supervised warm start: the solution format to partial accuracy, then self-localisation.
 
 Phase 1 (``steps``) teaches the solution format on reference solutions, to a
-partial accuracy so that RL groups have variance. Phase 2
-(``localisation_steps``) teaches the localisation prompt on corrupted traces,
-with a ``replay_fraction`` of solving examples so the first skill is kept; it gets
-its own budget because mixing both into one phase leaves localisation at chance.
+partial accuracy so that RL groups have variance. Phase 2 (``skill_steps``)
+teaches the prompted skills on corrupted traces: self-localisation (SRPO) and
+compare-and-correct revision (IBPO), with a ``replay_fraction`` of solving
+examples so the first skill is kept; it gets its own budget because mixing
+localisation into the first phase leaves it at chance.
 Both phases are bounded by step counts, never by time.
 """
 
@@ -90,15 +91,27 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
             task.localisation_target(first_wrong)
         ) + eos
 
+    def revision_pair():
+        # the reference is a correct sibling half of the time, another failure otherwise;
+        # the target is always the local repair, i.e. the correct solution
+        p = rng.choice(train)
+        failed, _ = task.corrupt(p, rng)
+        reference = task.solution(p) if rng.random() < 0.5 else task.corrupt(p, rng)[0]
+        return encode_prompt(task.revision_prompt(p, failed, reference)), encode(
+            task.solution(p)
+        ) + eos
+
+    skill_pairs = {"localisation": localisation_pair, "revision": revision_pair}
     phases = [
-        ("solve", ws.steps, 0.0),
-        ("localise", ws.localisation_steps, 1.0 - ws.replay_fraction),
+        ("solve", ws.steps, []),
+        ("skills", ws.skill_steps, [skill_pairs[k] for k in ws.skills]),
     ]
     history = []
     model.train()
-    for phase, steps, loc_share in phases:
+    for phase, steps, skills in phases:
         if steps == 0:
             continue
+        skill_share = 1.0 - ws.replay_fraction if skills else 0.0
         opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, weight_decay=ws.weight_decay)
         sched = get_scheduler(
             "cosine",
@@ -109,7 +122,7 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
         bar = tqdm(range(steps), desc=f"warm start ({phase})", mininterval=2.0)
         for step in bar:
             pairs = [
-                localisation_pair() if rng.random() < loc_share else solving_pair()
+                rng.choice(skills)() if rng.random() < skill_share else solving_pair()
                 for _ in range(ws.batch_size)
             ]
             ids, attention, labels = _supervised_batch(pairs, tokenizer.pad_token_id)
@@ -131,7 +144,8 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
     record = {
         "parameters": n_params,
         "steps": ws.steps,
-        "localisation_steps": ws.localisation_steps,
+        "skill_steps": ws.skill_steps,
+        "skills": ws.skills,
         "greedy": evaluate_accuracy(model, tokenizer, task, test, sampling, temperature=0.0),
         "sampled": evaluate_accuracy(
             model, tokenizer, task, test, sampling, temperature=sampling.temperature, samples=8

@@ -20,9 +20,24 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 SMALL = {
     "experiment": "small",
     "seeds": [0],
-    "task": {"min_len": 2, "max_len": 3, "n_train": 3000, "n_test": 200, "long_min_len": 5, "long_max_len": 5},
-    "model": {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 192}},
-    "warm_start": {"steps": 150, "localisation_steps": 30, "batch_size": 32, "lr": 3e-3, "eval_problems": 100},
+    "task": {
+        "min_len": 2,
+        "max_len": 3,
+        "n_train": 3000,
+        "n_test": 200,
+        "long_min_len": 5,
+        "long_max_len": 5,
+    },
+    "model": {
+        "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 192}
+    },
+    "warm_start": {
+        "steps": 150,
+        "skill_steps": 30,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "eval_problems": 100,
+    },
     "sampling": {"max_new_tokens": 48},
     "train": {
         "steps": 4,

@@ -16,8 +16,10 @@ def _weights(model_dir):
 
 
 def _trainer(exp, out, **train):
-    run = exp["cfg"].run("grpo").model_copy(
-        update={"train": exp["cfg"].run("grpo").train.model_copy(update=train)}
+    run = (
+        exp["cfg"]
+        .run("grpo")
+        .model_copy(update={"train": exp["cfg"].run("grpo").train.model_copy(update=train)})
     )
     return Trainer(run, 0, exp["base"], exp["data"], out)
 
@@ -58,14 +60,18 @@ def test_resume_skips_a_torn_checkpoint(small_experiment, tmp_path):
     assert again.step == 1
 
 
-def test_ledger_generated_tokens_equal_sum_of_sampled_completion_lengths(small_experiment, tmp_path):
+def test_ledger_generated_tokens_equal_sum_of_sampled_completion_lengths(
+    small_experiment, tmp_path
+):
     t = _trainer(small_experiment, tmp_path / "l", steps=3, eval_every=1)
     sampled = []
     collect = t.method.collect
 
     def recording_collect(problems, step):
         groups = collect(problems, step)
-        sampled.extend(len(tr.completion_ids) - tr.prefix_len for g in groups for tr in g.trajectories)
+        sampled.extend(
+            len(tr.completion_ids) - tr.prefix_len for g in groups for tr in g.trajectories
+        )
         return groups
 
     t.method.collect = recording_collect
@@ -95,5 +101,11 @@ def test_data_position_is_a_function_of_the_step():
 
 def test_trainer_refuses_a_missing_initial_model(small_experiment, tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        Trainer(small_experiment["cfg"].run("grpo"), 0, tmp_path / "nope", small_experiment["data"], tmp_path / "o")
+        Trainer(
+            small_experiment["cfg"].run("grpo"),
+            0,
+            tmp_path / "nope",
+            small_experiment["data"],
+            tmp_path / "o",
+        )
     assert not (tmp_path / "o").exists()

@@ -9,7 +9,9 @@ A problem is a start value and a chain of operations, read left to right, modulo
 Every line of the solution is one thought and can be checked on its own, so the
 first wrong thought of any completion is known (the step oracle). The
 self-localisation prompt appends a (failed) completion and a ``?``; the expected
-answer is the 1-based index of its first wrong thought.
+answer is the 1-based index of its first wrong thought. The revision prompt
+(compare-and-correct, for IBPO) appends a failed completion, ``#``, a reference
+completion and ``!``; the expected answer is a corrected solution.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from creditbench.config import ChainsTaskConfig
 from creditbench.tasks import Problem, read_jsonl, write_jsonl
 
-ALPHABET = "0123456789+-*=\nA:?"
+ALPHABET = "0123456789+-*=\nA:?#!"
 ANSWER_RE = re.compile(r"A:(0|[1-9][0-9]*)")
 LOCALISE_RE = re.compile(r"\s*([0-9]+)")
 THOUGHT_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay inside a thought
@@ -200,6 +202,22 @@ class ChainsTask:
 
     def localisation_target(self, first_wrong: int) -> str:
         return f"{first_wrong}\n"
+
+    def revision_prompt(self, problem: Problem, failed: str, reference: str) -> str:
+        """Compare-and-correct: revise ``failed`` given a sibling ``reference``."""
+        failed = failed if not failed or failed.endswith("\n") else failed + "\n"
+        reference = reference if not reference or reference.endswith("\n") else reference + "\n"
+        return problem.prompt + failed + "#" + reference + "!"
+
+    def answer_span(self, completion: str) -> tuple[int, int] | None:
+        """Character span of the final answer value (the digits after ``A:``), if any."""
+        k = completion.rfind("A:")
+        if k < 0:
+            return None
+        j = k + 2
+        while j < len(completion) and completion[j].isdigit():
+            j += 1
+        return (k + 2, j) if j > k + 2 else None
 
     def parse_localisation(self, text: str, n_thoughts: int) -> Localisation:
         """SRPO: ``h`` clamped to ``[1, n]``; a parse failure gives ``h = 1``."""
