@@ -3,7 +3,9 @@
 Both trainers start from the same warm-started tiny model on the chains testbed and
 see the same prompts in the same order, with the same settings: prompts per step,
 group size, ``max_new_tokens`` / ``max_completion_length``, EOS stopping, temperature
-1.0, top-p 1.0, no top-k, plain ``model.generate`` (no vLLM), loss ``grpo`` with
+1.0, top-p 1.0, no top-k (ours leaves it unset, so transformers applies its default
+top-k 50, a no-op on the character vocabulary of fewer than 50 tokens), the same
+prompt ids (chat template), plain ``model.generate`` (no vLLM), loss ``grpo`` with
 beta 0 and epsilon 0.2, learning rate, AdamW (unfused, as ours), gradient clipping
 1.0, one optimiser step per generation batch, float32, no activation checkpointing,
 no logging, checkpointing or evaluation inside the timed steps. Both run in this
@@ -12,8 +14,9 @@ interleaved (TRL's step k, then ours), so a shared or throttled CPU slows both a
 
 The first ``--warmup`` steps of each are run but not timed. The table reports the
 mean and median seconds per step, where each trainer's time goes, and the completion
-lengths (generation time scales with them, and the two trainers sample different
-completions). The last line is ``ratio_ours_over_trl: X`` (mean seconds per step).
+lengths: the two trainers sample different completions, and a step's generation (and
+its padded update) lasts as long as its longest completion, so compare the per-decoding-
+step figure too. The last line is ``ratio_ours_over_trl: X`` (mean seconds per step).
 
     python benchmarks/step_time.py --steps 10
 """
@@ -74,7 +77,8 @@ def experiment(args: argparse.Namespace) -> dict:
     return {
         "experiment": "step_time",
         "seeds": [args.seed],
-        "task": {"n_train": 4000, "n_test": 100},
+        # the default training set: choosing a step's prompts scales with its size
+        "task": {"n_test": 100},
         "model": {
             "tiny": {
                 "hidden_size": args.hidden,
@@ -86,7 +90,7 @@ def experiment(args: argparse.Namespace) -> dict:
         # a short warm start: completions end with EOS and rewards vary, as in a real run
         "warm_start": {
             "steps": args.warm_steps,
-            "localisation_steps": 0,
+            "skill_steps": 0,  # the prompted skills are not used by GRPO
             "batch_size": 64,
             "lr": 2e-3,
             "warmup_steps": 20,
@@ -124,57 +128,57 @@ def prepare(args: argparse.Namespace, root: Path):
 
 
 # ----------------------------------------------------------------------------- ours
-def ours_summary(trainer: Trainer, out: Path, warm: dict[str, float], args) -> dict:
+def ours_summary(trainer: Trainer, out: Path, warm: dict[str, float], longest, args) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if r["step"] > args.warmup]
     seconds = trainer.ledger.seconds
     phases = {k: (seconds[k] - warm.get(k, 0.0)) / len(timed) for k in seconds}
+    # step_seconds spans choosing the prompts, collect, credit and update; not the
+    # metrics line, evaluation or checkpoints
+    step = [r["step_seconds"] for r in timed]
+    collect, credit = phases.get("collect", 0.0), phases.get("credit", 0.0)
     return {
-        # step_seconds spans collect, credit and update; not metrics, eval or checkpoints
-        "seconds": [r["step_seconds"] for r in timed],
+        "seconds": step,
         "completion_tokens": statistics.mean(r["completion_tokens"] for r in timed),
+        "longest": statistics.mean(longest[args.warmup :]),
         "reward": statistics.mean(r["reward"] for r in timed),
         "phases": {
             "generate": phases.get("generate", 0.0),
-            "score+credit": phases.get("collect", 0.0)
-            - phases.get("generate", 0.0)
-            + phases.get("credit", 0.0),
-            "update (fwd+bwd+opt)": phases.get("update", 0.0),
+            "score+credit": collect - phases.get("generate", 0.0) + credit,
+            "loss+backward+optimiser+rest": statistics.mean(step) - collect - credit,
         },
     }
 
 
 # ------------------------------------------------------------------------------ TRL
-class StepClock(TrainerCallback):
-    """Wall time of each TRL optimiser step: generation, loss, backward, clipping, optimiser."""
+class Lockstep(TrainerCallback):
+    """Times TRL's steps and, after TRL's step k, runs our step k.
 
-    def __init__(self):
-        self.seconds: list[float] = []
+    Interleaving makes a shared or throttled CPU slow both trainers alike. A TRL step is
+    timed from the end of our previous step to TRL's ``on_step_end``: its data loading,
+    generation, loss, backward, clipping, optimiser and bookkeeping. Our
+    ``Trainer.train(until_step=k)`` resumes from its own step k-1 checkpoint (weights,
+    optimiser, RNG), so its steps are those of an uninterrupted run, and reports
+    ``step_seconds`` without the resume and the checkpoint.
+    """
+
+    def __init__(self, ours: Trainer, warmup: int, trl_totals: dict[str, float]):
+        self.ours, self.warmup, self.trl_totals = ours, warmup, trl_totals
+        self.trl_seconds: list[float] = []
+        self.ours_warm: dict[str, float] = {}  # phase clocks after the warm-up steps
+        self.trl_warm: dict[str, float] = {}
         self._t0 = 0.0
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._t0)
-
-
-class Interleave(TrainerCallback):
-    """After TRL's step k, our trainer runs its step k: a shared or throttled CPU slows both alike.
-
-    ``Trainer.train(until_step=k)`` resumes from its own step k-1 checkpoint (weights,
-    optimiser, RNG), so our steps are the same as in an uninterrupted run; the resume and
-    the checkpoint are outside its ``step_seconds``.
-    """
-
-    def __init__(self, ours: Trainer, warmup: int):
-        self.ours, self.warmup = ours, warmup
-        self.warm: dict[str, float] = {}
-
-    def on_step_end(self, args, state, control, **kwargs):
+        self.trl_seconds.append(time.perf_counter() - self._t0)
         self.ours.train(until_step=state.global_step)
-        if state.global_step == self.warmup:  # the phase clocks after the warm-up steps
-            self.warm = dict(self.ours.ledger.seconds)
+        if state.global_step == self.warmup:
+            self.ours_warm = dict(self.ours.ledger.seconds)
+            self.trl_warm = dict(self.trl_totals)
+        self._t0 = time.perf_counter()
 
 
 def timed(fn, name: str, totals: dict[str, float]):
@@ -210,8 +214,19 @@ def time_both(cfg, data: Path, base: Path, runs: Path, args) -> tuple[dict, dict
             "problem": order,
         }
     )
+    # Batched generation runs until the longest completion of the step ends: record it.
+    ours_longest: list[int] = []
+    sample = ours.sampler.generate
+
+    def ours_generate(*a, **kw):
+        gens = sample(*a, **kw)
+        ours_longest.append(max(len(g.ids) for g in gens))
+        return gens
+
+    ours.sampler.generate = ours_generate
     eos = ours.tokenizer.eos_token_id
     lengths: list[int] = []
+    trl_longest: list[int] = []
     rewards: list[float] = []
 
     def reward(completions, completion_ids, problem, **kwargs):
@@ -223,6 +238,7 @@ def time_both(cfg, data: Path, base: Path, runs: Path, args) -> tuple[dict, dict
             text = completion[-1]["content"] if isinstance(completion, list) else completion
             out.append(task.reward(problems[i], text) if finished else 0.0)
         rewards.extend(out)
+        trl_longest.append(max(len(ids) for ids in completion_ids))
         return out
 
     config = GRPOConfig(
@@ -267,32 +283,25 @@ def time_both(cfg, data: Path, base: Path, runs: Path, args) -> tuple[dict, dict
     trainer._generate_and_score_completions = timed(
         trainer._generate_and_score_completions, "collect", totals
     )
-    warm: dict[str, float] = {}
-
-    class Snapshot(TrainerCallback):  # TRL's phase clocks after the warm-up steps
-        def on_step_end(self, a, state, control, **kwargs):
-            if state.global_step == args.warmup:
-                warm.update(totals)
-
-    clock, interleave = StepClock(), Interleave(ours, args.warmup)
-    for callback in (clock, Snapshot(), interleave):  # in this order: the clock stops first
-        trainer.add_callback(callback)
+    lockstep = Lockstep(ours, args.warmup, totals)
+    trainer.add_callback(lockstep)
     trainer.train()
 
-    seconds = clock.seconds[args.warmup :]
-    per_step = {k: (totals[k] - warm.get(k, 0.0)) / len(seconds) for k in totals}
+    seconds = lockstep.trl_seconds[args.warmup :]
+    per_step = {k: (totals[k] - lockstep.trl_warm.get(k, 0.0)) / len(seconds) for k in totals}
     n_warm_seqs = args.warmup * t.prompts_per_step * t.group_size
     theirs = {
         "seconds": seconds,
         "completion_tokens": statistics.mean(lengths[n_warm_seqs:]),
+        "longest": statistics.mean(trl_longest[args.warmup :]),
         "reward": statistics.mean(rewards[n_warm_seqs:]),
         "phases": {
             "generate": per_step["generate"],
             "score+credit": per_step["collect"] - per_step["generate"],
-            "update (fwd+bwd+opt)": statistics.mean(seconds) - per_step["collect"],
+            "loss+backward+optimiser+rest": statistics.mean(seconds) - per_step["collect"],
         },
     }
-    return ours_summary(ours, runs / "ours", interleave.warm, args), theirs
+    return ours_summary(ours, runs / "ours", lockstep.ours_warm, ours_longest, args), theirs
 
 
 # ----------------------------------------------------------------------------- main
@@ -309,28 +318,28 @@ def main() -> None:
         cfg, data, base = prepare(args, root)
         ours, trl = time_both(cfg, data, base, Path(tmp) / "runs", args)
 
-    n_seq = args.prompts * args.group
     print(
         f"\n{args.steps} timed steps after {args.warmup} warm-up steps; "
         f"{args.prompts} prompts x {args.group} completions, max_new_tokens {args.max_new_tokens}, "
         f"{torch.get_num_threads()} torch threads, device "
         f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
     )
-    print(f"{'':28s}{'ours':>10s}{'trl':>10s}{'ours/trl':>10s}")
+    print(f"{'':40s}{'ours':>10s}{'trl':>10s}{'ours/trl':>10s}")
 
     def line(name: str, a: float, b: float, fmt: str = ".3f") -> None:
         ratio = f"{a / b:10.2f}" if b else f"{'-':>10s}"
-        print(f"{name:28s}{a:10{fmt}}{b:10{fmt}}{ratio}")
+        print(f"{name:40s}{a:10{fmt}}{b:10{fmt}}{ratio}")
 
     line("s/step mean", statistics.mean(ours["seconds"]), statistics.mean(trl["seconds"]))
     line("s/step median", statistics.median(ours["seconds"]), statistics.median(trl["seconds"]))
     for phase in ours["phases"]:
         line(f"  {phase} s/step", ours["phases"][phase], trl["phases"][phase])
     line("completion tokens / seq", ours["completion_tokens"], trl["completion_tokens"], ".1f")
+    line("longest completion / step", ours["longest"], trl["longest"], ".1f")
     line(
-        "ms / generated token",
-        1e3 * ours["phases"]["generate"] / (ours["completion_tokens"] * n_seq),
-        1e3 * trl["phases"]["generate"] / (trl["completion_tokens"] * n_seq),
+        "ms / decoding step (longest completion)",
+        1e3 * ours["phases"]["generate"] / ours["longest"],
+        1e3 * trl["phases"]["generate"] / trl["longest"],
     )
     line("reward", ours["reward"], trl["reward"])
     ratio = statistics.mean(ours["seconds"]) / statistics.mean(trl["seconds"])

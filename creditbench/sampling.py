@@ -3,6 +3,12 @@
 Contexts are token ids (a prompt, or a prompt plus a prefix of a completion): a
 continuation from a prefix never goes through re-tokenised text. Every generated
 and every prefilled token is charged to the ledger under the caller's purpose.
+
+Prefix sharing: ``generate(contexts, n=K)`` samples K continuations of each context
+and runs each context's prefill once per batch, expanding its KV cache to the K rows
+(what vLLM's prefix caching does for identical requests). The outputs are those of
+``generate`` on each context repeated K times; the ledger charges the shared prefill
+once.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from creditbench.config import SamplingConfig
 from creditbench.ledger import Ledger
@@ -77,31 +83,36 @@ class Sampler:
         temperature: float | None = None,
         top_p: float | None = None,
         logprobs: bool = False,
+        n: int = 1,
     ) -> list[Generation]:
-        """Sample one continuation per context (repeat a context to sample several).
+        """Sample ``n`` continuations per context, context by context (context 0's ``n`` first).
 
         ``stop``: strings that end a generation (kept in the output), besides EOS.
         ``temperature`` 0 decodes greedily.
+        ``n`` > 1 shares each context's prefill across its ``n`` rows of a batch (KV cache
+        computed once, then expanded); the result is that of passing each context ``n``
+        times in a row, and the ledger charges the shared prefill once.
         """
+        if n < 1:
+            raise ValueError(f"n (continuations per context) must be >= 1, got {n}")
+        rows = [c for c in contexts for _ in range(n)]
         out: list[Generation] = []
+        forwarded = 0
         bs = self.cfg.batch_size
         with self.ledger.phase("generate"):
-            for i in range(0, len(contexts), bs):
-                out.extend(
-                    self._generate_batch(
-                        contexts[i : i + bs],
-                        stop or [],
-                        max_new_tokens or self.cfg.max_new_tokens,
-                        self.cfg.temperature if temperature is None else temperature,
-                        self.cfg.top_p if top_p is None else top_p,
-                        logprobs,
-                    )
+            for i in range(0, len(rows), bs):
+                gens, prefill = self._generate_batch(
+                    rows[i : i + bs],
+                    stop or [],
+                    max_new_tokens or self.cfg.max_new_tokens,
+                    self.cfg.temperature if temperature is None else temperature,
+                    self.cfg.top_p if top_p is None else top_p,
+                    logprobs,
+                    share_prefill=n > 1,
                 )
-        self.ledger.add_tokens(
-            purpose,
-            generated=sum(len(g.ids) for g in out),
-            forwarded=sum(len(g.context_ids) + len(g.ids) for g in out),
-        )
+                out.extend(gens)
+                forwarded += prefill + sum(len(g.ids) for g in gens)
+        self.ledger.add_tokens(purpose, generated=sum(len(g.ids) for g in out), forwarded=forwarded)
         return out
 
     def _never_sampled(self) -> list[int]:
@@ -121,7 +132,49 @@ class Sampler:
                 strings.append(s)
         return ids, strings
 
-    def _generate_batch(self, contexts, stop, max_new_tokens, temperature, top_p, want_logprobs):
+    def _shared_prefill(self, input_ids, attention, contexts) -> tuple[DynamicCache | None, int]:
+        """The KV cache of every row's context but its last token, computed once per distinct context.
+
+        Returns the cache expanded to all rows (``None`` when no context repeats in the
+        batch, or every context is one token) and the number of tokens it forwarded:
+        each distinct context's ``len - 1`` tokens once, plus each row's last context token
+        (which ``generate`` forwards itself, row by row).
+        """
+        first: dict[tuple[int, ...], int] = {}  # distinct context -> its index in ``rep``
+        rep, owner = [], []  # a row of each distinct context; each row's distinct context
+        for row, c in enumerate(contexts):
+            if tuple(c) not in first:
+                first[tuple(c)] = len(rep)
+                rep.append(row)
+            owner.append(first[tuple(c)])
+        if len(rep) == len(contexts) or input_ids.size(1) < 2:
+            return None, sum(len(c) for c in contexts)
+        device = input_ids.device
+        rep = torch.tensor(rep, device=device)
+        mask = attention[rep, :-1]
+        cache = DynamicCache(config=self.model.config)
+        self.model(
+            input_ids=input_ids[rep, :-1],
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),  # as generate: pads at 0
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_select_indices(torch.tensor(owner, device=device))
+        return cache, sum(len(c) - 1 for c in first) + len(contexts)
+
+    def _generate_batch(
+        self,
+        contexts,
+        stop,
+        max_new_tokens,
+        temperature,
+        top_p,
+        want_logprobs,
+        share_prefill: bool = False,
+    ) -> tuple[list[Generation], int]:
+        """One padded batch; returns its generations and the context tokens it forwarded."""
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
         pad = tok.pad_token_id
@@ -147,10 +200,15 @@ class Sampler:
         )
         was_training = model.training
         model.eval()
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        cache, prefilled = None, sum(len(c) for c in contexts)
+        if share_prefill:
+            cache, prefilled = self._shared_prefill(input_ids, attention, contexts)
         res = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
+            input_ids=input_ids,
+            attention_mask=attention,
             generation_config=gen_cfg,
+            **({"past_key_values": cache} if cache is not None else {}),
             stopping_criteria=StoppingCriteriaList(
                 [StopOnStrings(tok, stop_strings, width)] if stop_strings else []
             ),
@@ -185,7 +243,7 @@ class Sampler:
                     logprobs=lp[row, : len(ids)].tolist() if lp is not None else None,
                 )
             )
-        return out
+        return out, prefilled
 
     def _cut_after(self, ids: list[int], n_chars: int) -> list[int]:
         """The shortest token prefix whose decoding has at least ``n_chars`` characters."""

@@ -44,8 +44,15 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch(tiny_model_dir):
-    """Random token ids in the padded layout of ``_generate_and_score_completions``."""
-    _, tok = tiny_model_dir
+    """Random token ids in the padded layout of ``_generate_and_score_completions``.
+
+    ``old``: stale behaviour log-probs, set so that the ratios of each row run evenly
+    from 0.6 to 1.6: both clip bounds bind (on rows of either advantage sign) and some
+    ratios lie between 1 + 0.2 and 1 + 0.28, and between 1.28 and 1.5, so the choice of
+    ``epsilon_high`` changes the loss. ``ref``: a reference that differs from the policy
+    by noise. Both are zero on padding, like the log-probs TRL stores.
+    """
+    model_dir, tok = tiny_model_dir
     g = torch.Generator().manual_seed(0)
     b, p, c = len(PROMPT_LENS), max(PROMPT_LENS), max(COMPLETION_LENS)
     prompt_ids = torch.full((b, p), tok.pad_token_id)
@@ -58,14 +65,21 @@ def batch(tiny_model_dir):
         prompt_mask[i, p - n_p :] = 1
         completion_ids[i, :n_c] = torch.randint(n_special, len(tok), (n_c,), generator=g)
         completion_mask[i, :n_c] = 1
-    return {
+    out = {
         "prompt_ids": prompt_ids,
         "prompt_mask": prompt_mask,
         "completion_ids": completion_ids,
         "completion_mask": completion_mask,
         "advantages": torch.tensor(ADVANTAGES),
-        "noise": torch.randn((2, b, c), generator=g),
     }
+    with torch.no_grad():
+        current = logprobs_of(AutoModelForCausalLM.from_pretrained(model_dir), out)
+    ratios = torch.ones((b, c))
+    for i, n_c in enumerate(COMPLETION_LENS):
+        ratios[i, :n_c] = torch.linspace(0.6, 1.6, n_c)
+    out["old"] = (current - ratios.log()) * completion_mask
+    out["ref"] = (current + 0.3 * torch.randn((b, c), generator=g)) * completion_mask
+    return out
 
 
 def make_trainer(model_dir, tok, tmp_path, **overrides) -> GRPOTrainer:
@@ -74,7 +88,7 @@ def make_trainer(model_dir, tok, tmp_path, **overrides) -> GRPOTrainer:
         "output_dir": str(tmp_path / "trl_out"),
         "report_to": "none",
         "use_cpu": True,
-        "bf16": False,  # TRL's default; on CPU it would autocast the forward to bfloat16
+        "bf16": False,  # TRL defaults to True: it would autocast the forward to bfloat16
         "activation_checkpointing": False,  # TRL defaults to True; irrelevant to the maths
         "num_generations": 4,
         "per_device_train_batch_size": 4,
@@ -109,13 +123,6 @@ def logprobs_of(model, batch) -> torch.Tensor:
     )
 
 
-def perturbed_logprobs(model_dir, batch, noise: torch.Tensor, scale: float) -> torch.Tensor:
-    """Current log-probs plus noise, zero on padding like the log-probs TRL stores."""
-    with torch.no_grad():
-        lp = logprobs_of(AutoModelForCausalLM.from_pretrained(model_dir), batch)
-    return (lp + scale * noise) * batch["completion_mask"]
-
-
 def trl_loss_and_grads(trainer, batch, rows, old=None, ref=None):
     """``compute_loss`` over each slice of ``rows`` (one per accumulation step), then backward."""
     trainer.model.zero_grad(set_to_none=True)
@@ -144,7 +151,7 @@ def our_loss_and_grads(model_dir, batch, cfg: LossConfig, rows, old=None, ref=No
     n_items, n_seq = float(mask.sum()), mask.size(0)
     total, stats = 0.0, []
     for idx in rows:
-        part = {k: v[idx] for k, v in batch.items() if k != "noise"}
+        part = {k: v[idx] for k, v in batch.items()}
         lp = logprobs_of(model, part)
         loss, st = policy_loss(
             lp,
@@ -202,7 +209,7 @@ def test_padded_completion_logprobs_equal_trl_and_unpadded_forward(tiny_model_di
 def test_on_policy_loss_and_grads_match_trl(tiny_model_dir, batch, tmp_path, loss_type, beta):
     model_dir, tok = tiny_model_dir
     # A reference that differs from the policy, so the KL term and its gradient are not zero.
-    ref = perturbed_logprobs(model_dir, batch, batch["noise"][1], 0.3) if beta else None
+    ref = batch["ref"] if beta else None
     trainer = make_trainer(model_dir, tok, tmp_path, loss_type=loss_type, beta=beta)
     theirs = trl_loss_and_grads(trainer, batch, ALL_ROWS, ref=ref)
     cfg = LossConfig(clip=True, epsilon=EPSILON, beta=beta, aggregation=loss_type)
@@ -220,8 +227,7 @@ def test_off_policy_clipped_loss_and_grads_match_trl(
 ):
     """Stale old log-probs: ratios leave the trust region, so the clip bounds shape the gradient."""
     model_dir, tok = tiny_model_dir
-    old = perturbed_logprobs(model_dir, batch, batch["noise"][0], 0.3)
-    ref = perturbed_logprobs(model_dir, batch, batch["noise"][1], 0.3) if beta else None
+    old, ref = batch["old"], (batch["ref"] if beta else None)
     trainer = make_trainer(
         model_dir, tok, tmp_path, loss_type=loss_type, beta=beta, epsilon_high=epsilon_high
     )
@@ -231,7 +237,7 @@ def test_off_policy_clipped_loss_and_grads_match_trl(
     )
     ours = our_loss_and_grads(model_dir, batch, cfg, ALL_ROWS, old=old, ref=ref)
     assert_same(theirs, ours)
-    assert ours[2][0]["clip_fraction"] > 0.1, "the batch must exercise clipping"
+    assert ours[2][0]["clip_fraction"] > 0.2, "the batch must exercise clipping"
     # The test must be able to see a wrong bound: changing the clip range changes the loss.
     other_high = 0.5 if epsilon_high is None else None
     other = cfg.model_copy(update={"epsilon_high": other_high})
@@ -245,7 +251,7 @@ def test_micro_batch_accumulation_matches_trl_gradient_accumulation(
 ):
     """Two micro-batches of two sequences: our whole-batch normalisers equal TRL's accumulation."""
     model_dir, tok = tiny_model_dir
-    old = perturbed_logprobs(model_dir, batch, batch["noise"][0], 0.3)
+    old = batch["old"]
     rows = [slice(0, 2), slice(2, 4)]
     trainer = make_trainer(
         model_dir,
@@ -264,7 +270,7 @@ def test_micro_batch_accumulation_matches_trl_gradient_accumulation(
 def test_trl_default_bias_corrected_kl_gradient_differs(tiny_model_dir, batch, tmp_path):
     """TRL's default KL is ratio-weighted; ours is plain k3: same loss value, different gradient."""
     model_dir, tok = tiny_model_dir
-    ref = perturbed_logprobs(model_dir, batch, batch["noise"][1], 0.3)
+    ref = batch["ref"]
     trainer = make_trainer(
         model_dir, tok, tmp_path, loss_type="grpo", beta=0.04, use_bias_correction_kl=True
     )

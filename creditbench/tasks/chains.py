@@ -47,6 +47,15 @@ class Localisation:
     parsed: bool
 
 
+def extract_answer(completion: str) -> str | None:
+    """The final answer if the completion ends in exactly one well-formed answer line."""
+    lines = [ln for ln in completion.split("\n") if ln != ""]
+    if not lines or sum(ln.startswith("A:") for ln in lines) != 1:
+        return None
+    match = ANSWER_RE.fullmatch(lines[-1])
+    return match.group(1) if match else None
+
+
 class ChainsTask:
     name = "chains"
     alphabet = ALPHABET
@@ -166,16 +175,8 @@ class ChainsTask:
         """Thoughts: one per line, newline kept; a trailing unterminated line is a thought."""
         return THOUGHT_RE.findall(completion)
 
-    def extract_answer(self, completion: str) -> str | None:
-        """The final answer if the completion ends in exactly one well-formed answer line."""
-        lines = [ln for ln in completion.split("\n") if ln != ""]
-        if not lines or sum(ln.startswith("A:") for ln in lines) != 1:
-            return None
-        match = ANSWER_RE.fullmatch(lines[-1])
-        return match.group(1) if match else None
-
     def reward(self, problem: Problem, completion: str) -> float:
-        answer = self.extract_answer(completion)
+        answer = extract_answer(completion)
         return float(answer is not None and answer == problem.answer)
 
     def first_error(self, problem: Problem, completion: str) -> int | None:

@@ -1,0 +1,396 @@
+"""OAR: Outcome-grounded Advantage Reshaping (Li et al., arXiv 2601.07408, ACL 2026).
+
+Official code: github.com/Valsure/Outcome-Grounded-Advantage-Reshaping (``OAR-main.py``);
+it was read to settle details, nothing is copied. Per prompt, sample G completions i.i.d.
+(GRPO's ``collect``). For every completion, an importance ``I_t >= 0`` of each reasoning
+token for the outcome distribution ``P_final`` (the next-token distribution where the
+answer is predicted), then weights ``w_t`` that multiply the GRPO advantage:
+``A[i, t] = norm(R)_i * w_t``.
+
+- OAR-P (``importance: perturbation``): replace reasoning token t by the pad token,
+  forward, ``I_t = KL(P_final || P_final^(t))``; one forward per token, batched.
+- OAR-G (``importance: gradient``): a clean forward gives ``p0`` (detached); Gaussian
+  noise (std ``noise_std``) on the reasoning-token input embeddings, ``J = KL(p0 || p_noisy)``,
+  ``I_t = |<dJ/de_t, e_t>|`` (gradient x input; the gradient is taken at the noisy point,
+  ``e_t`` is the clean embedding, as in the official code).
+- Bi-level reshaping (``reshape_weights``): ``s = log1p(I)``, ``n`` = min-max normalised
+  ``s``, ``tau`` = q-quantile of ``n``; below ``tau`` ``w = max(n / tau, floor)``, at or
+  above ``w = 1 + ramp_beta (n - tau) / (1 - tau)``; rescaled so ``sum w = L`` (advantage
+  mass preserved); tokens outside the reasoning span keep ``w = 1``.
+- Loss (paper): PPO-clipped surrogate, per-sequence token mean then batch mean, no KL.
+
+Choices where the paper leaves a point open (methods.md's [choice]s), each a named
+parameter below or a documented behaviour:
+
+- [choice] ``reasoning_span``: which completion tokens are "reasoning". ``before_answer``
+  (default): every completion token before the first token of the answer value
+  (``task.answer_span``), so the answer marker (``A:`` on the chains task) is included.
+  ``before_answer_thought``: only the thoughts that end before the answer's thought, so
+  the answer line is left out, like the official code's separate "conclude" segment.
+- [choice] A completion with no parsable answer, or an empty reasoning span, gets
+  ``w = 1`` everywhere (plain GRPO credit): there is no ``P_final`` to ground it in.
+- [choice] ``outcome``: ``last`` = the distribution at the position that predicts the
+  first answer token; ``mean`` = the softmax of the *logits* averaged over every
+  answer-predicting position (the official code's ``answer_mean`` averages logits).
+  ``P_final`` is the raw model distribution (temperature 1, as in the official code).
+- [choice] ``quantile_interpolation``: how ``tau`` is read between order statistics
+  (``torch.quantile``; ``linear`` is numpy's default, which the official code uses).
+- [choice] Degenerate cases of the reshaping: all ``s`` equal (one token, or all
+  importances equal) gives ``w = 1``; ``tau = 1`` gives a zero ramp (``w = 1`` at
+  ``n = 1``); ``tau = 0`` puts every token on the ramp. These are the limits the official
+  code reaches through its ``+1e-8`` guards, which are not reproduced here.
+- [choice] Perturbation token: the tokenizer's pad token (EOS on models without one),
+  attended like any token (the official code passes no attention mask).
+- [choice] Completions whose group advantage is 0 (a zero-variance group) get no
+  importance pass: ``A = 0 * w = 0`` whatever ``w`` is, so the compute is saved.
+- [choice] Cost accounting (ledger): OAR-P charges ``perturbation`` with the tokens of
+  the clean sequence and of every perturbed copy; OAR-G charges ``gradient`` with twice
+  the sequence's tokens (the clean forward and the noisy forward; its backward is not
+  charged separately, as the engine's ``policy_update`` counts forward + backward once).
+  A sequence is the prompt plus the completion up to the last answer-predicting position
+  (later tokens cannot change ``P_final`` in a causal model, so they are not forwarded).
+- [choice] OAR-G's noise is drawn on the CPU from the global torch RNG (seeded by the run
+  and saved in checkpoints), one ``[L, hidden]`` draw per completion in order, so it does
+  not depend on ``perturbation_batch_size`` or the device.
+- Importance passes run with the model in eval mode (no dropout) and leave no gradient
+  on the policy's parameters (``torch.autograd.grad`` w.r.t. the input embeddings only).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from creditbench.rollouts import Group, Trajectory, _decoded_lengths, group_normalise
+
+DEFAULTS = {"loss": {"clip": True, "epsilon": 0.2, "beta": 0.0, "aggregation": "grpo"}}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # OAR-P (counterfactual pad perturbation) or OAR-G (noisy gradient x input); no default:
+    # they are two methods with a 5x cost difference, a run must say which it is.
+    importance: Literal["perturbation", "gradient"]
+    outcome: Literal["last", "mean"] = "last"  # P_final mode, see the module docstring
+    quantile: float = Field(0.25, ge=0, le=1)  # q: tau is the q-quantile of n (paper 0.25)
+    quantile_interpolation: Literal["linear", "lower", "higher", "nearest", "midpoint"] = "linear"
+    floor: float = Field(0.1, ge=0)  # lowest weight below tau, before rescaling (paper 0.1)
+    # The ramp's beta above tau (paper 1.0); named ramp_beta so it is not read as the KL beta.
+    ramp_beta: float = Field(1.0, ge=0)
+    noise_std: float = Field(1e-3, gt=0)  # OAR-G: std of the embedding noise (paper 1e-3)
+    perturbation_batch_size: int = Field(64, gt=0)  # sequences per importance forward
+    reasoning_span: Literal["before_answer", "before_answer_thought"] = "before_answer"
+    # GRPO's norm(R): TRL / DeepSeekMath use the unbiased std and eps 1e-4.
+    std: Literal["unbiased", "population", "none"] = "unbiased"
+    eps: float = Field(1e-4, ge=0)
+
+
+# ------------------------------------------------------------------ the credit rule
+def reshape_weights(
+    importance: torch.Tensor,
+    q: float = 0.25,
+    floor: float = 0.1,
+    ramp_beta: float = 1.0,
+    interpolation: str = "linear",
+) -> torch.Tensor:
+    """Bi-level weights ``w`` of the ``L`` reasoning tokens from their importances ``I``.
+
+    ``s = log1p(I)``; ``n = (s - min s) / (max s - min s)``; ``tau`` = q-quantile of ``n``;
+    ``n < tau``: ``w = max(n / tau, floor)``; ``n >= tau``: ``w = 1 + ramp_beta (n - tau) /
+    (1 - tau)``; then ``w *= L / sum(w)``. All-equal ``s`` gives ``w = 1``; ``tau = 1``
+    gives a zero ramp. Computed in float64.
+    """
+    imp = torch.as_tensor(importance, dtype=torch.float64).flatten()
+    if imp.numel() == 0:
+        return imp
+    if not torch.isfinite(imp).all() or (imp < 0).any():
+        raise ValueError(f"importances must be finite and >= 0, got {imp.tolist()}")
+    s = torch.log1p(imp)
+    lo, hi = s.min(), s.max()
+    if hi == lo:  # one token, or nothing to tell the tokens apart: uniform credit
+        return torch.ones_like(s)
+    n = (s - lo) / (hi - lo)
+    tau = torch.quantile(n, q, interpolation=interpolation)
+    below = n < tau  # empty when tau = 0, so n / tau is never 0 / 0
+    w = torch.empty_like(n)
+    w[below] = torch.clamp(n[below] / tau, min=floor)
+    ramp = (n[~below] - tau) / (1 - tau) if tau < 1 else torch.zeros_like(n[~below])
+    w[~below] = 1 + ramp_beta * ramp
+    return w * (n.numel() / w.sum())  # mass preservation: sum w = L (w >= 1 at n = 1)
+
+
+def completion_weights(n_tokens: int, span: tuple[int, int], weights: torch.Tensor) -> list[float]:
+    """Per-completion-token weights: ``weights`` on ``span = (start, end)``, 1 elsewhere."""
+    start, end = span
+    if len(weights) != end - start:
+        raise ValueError(f"{len(weights)} weights for a reasoning span of {end - start} tokens")
+    out = [1.0] * n_tokens
+    out[start:end] = [float(w) for w in weights]
+    return out
+
+
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """``KL(p || q) = sum_v p(v) (log p(v) - log q(v))`` over the last dim, from log-probs."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+# ----------------------------------------------------- where the answer and reasoning are
+def answer_token_span(decoded_ends: list[int], char_span: tuple[int, int]) -> tuple[int, int]:
+    """Token span ``[a0, a1)`` covering the answer's characters ``[c0, c1)``.
+
+    ``decoded_ends[j]`` = ``len(decode(ids[:j + 1]))``; the first answer token is the one
+    whose decoding passes ``c0``, the last the one that reaches ``c1``.
+    """
+    c0, c1 = char_span
+    a0 = next(j for j, e in enumerate(decoded_ends) if e > c0)
+    a1 = next(j for j, e in enumerate(decoded_ends) if e >= c1) + 1
+    return a0, a1
+
+
+def reasoning_span(a0: int, thought_ends: list[int], mode: str) -> tuple[int, int]:
+    """Completion tokens that count as reasoning (see ``Params.reasoning_span``)."""
+    if mode == "before_answer":
+        return 0, a0
+    return 0, max((e for e in thought_ends if e <= a0), default=0)
+
+
+@dataclass
+class Probe:
+    """One completion as the importance passes see it.
+
+    ``ids``: prompt + completion up to the last answer-predicting position; ``P_final``
+    comes from the logits of the last ``n_pred`` positions (1 for ``last``); ``offset``:
+    where the completion starts in ``ids``; ``span``: the reasoning tokens, in completion
+    coordinates.
+    """
+
+    ids: list[int]
+    n_pred: int
+    offset: int
+    span: tuple[int, int]
+
+    @property
+    def positions(self) -> range:  # reasoning tokens, in ``ids`` coordinates
+        return range(self.offset + self.span[0], self.offset + self.span[1])
+
+
+def make_probe(
+    prompt_ids: list[int],
+    completion_ids: list[int],
+    answer: tuple[int, int],
+    span: tuple[int, int],
+    outcome: str,
+) -> Probe:
+    a0, a1 = answer
+    # position p predicts token p + 1: the answer tokens a0..a1-1 are predicted at a0-1..a1-2
+    end = a0 if outcome == "last" else a1 - 1
+    n_pred = 1 if outcome == "last" else a1 - a0
+    return Probe(list(prompt_ids) + list(completion_ids[:end]), n_pred, len(prompt_ids), span)
+
+
+# ------------------------------------------------------------------ forward passes
+def pad_left(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask. The mask comes from the lengths, not from
+    ``ids != pad``: a reasoning token replaced by the pad token is still attended."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        attention[row, width - len(s) :] = 1
+    return ids.to(device), attention.to(device)
+
+
+def outcome_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_pred: list[int],
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``log P_final`` per row, ``[B, V]``: log-softmax of the logits averaged over each
+    row's last ``n_pred`` positions (left padding keeps them at the end of every row)."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as creditbench.loss does
+    k = max(n_pred)
+    inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+    logits = model(
+        **inputs,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=k,
+        use_cache=False,
+    ).logits
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    n = torch.tensor(n_pred, device=logits.device)
+    keep = torch.arange(k, device=logits.device) >= (k - n)[:, None]  # [B, k]
+    mean = (logits * keep[..., None]).sum(1) / n[:, None]
+    return torch.log_softmax(mean, dim=-1)
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def perturbation_importance(
+    model, probes: list[Probe], pad_id: int, batch_size: int
+) -> tuple[list[torch.Tensor], int]:
+    """OAR-P: ``I_t = KL(P_final || P_final^(t))`` with token t replaced by ``pad_id``.
+
+    Returns one float64 importance vector per probe and the number of forwarded tokens
+    (every clean and perturbed sequence). Perturbed copies of all probes are batched
+    together, ``batch_size`` sequences per forward.
+    """
+    device = next(model.parameters()).device
+    forwarded = 0
+    clean = []
+    for chunk in _chunks(probes, batch_size):
+        ids, attention = pad_left([p.ids for p in chunk], pad_id, device)
+        clean.append(outcome_logprobs(model, ids, attention, [p.n_pred for p in chunk]))
+        forwarded += sum(len(p.ids) for p in chunk)
+    clean = torch.cat(clean)
+    importance = [torch.zeros(len(p.positions), dtype=torch.float64) for p in probes]
+    rows = [(k, j, pos) for k, p in enumerate(probes) for j, pos in enumerate(p.positions)]
+    for chunk in _chunks(rows, batch_size):
+        seqs = []
+        for k, _, pos in chunk:
+            seq = list(probes[k].ids)
+            seq[pos] = pad_id
+            seqs.append(seq)
+        ids, attention = pad_left(seqs, pad_id, device)
+        logq = outcome_logprobs(model, ids, attention, [probes[k].n_pred for k, _, _ in chunk])
+        kl = kl_divergence(clean[[k for k, _, _ in chunk]], logq).clamp(min=0)  # rounding
+        for (k, j, _), value in zip(chunk, kl.tolist(), strict=True):
+            importance[k][j] = value
+        forwarded += sum(len(s) for s in seqs)
+    return importance, forwarded
+
+
+def reasoning_noise(
+    probes: list[Probe], hidden_size: int, std: float, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """OAR-G's Gaussian noise: one ``[L, hidden]`` CPU draw per probe, in order."""
+    return [torch.randn(len(p.positions), hidden_size, generator=generator) * std for p in probes]
+
+
+def gradient_importance(
+    model, probes: list[Probe], pad_id: int, noise: list[torch.Tensor], batch_size: int
+) -> tuple[list[torch.Tensor], int]:
+    """OAR-G: ``I_t = |<dJ/de_t, e_t>|``, ``J = KL(p0 || p_noisy)``, noise on reasoning tokens.
+
+    ``noise[k]`` is added to probe k's reasoning-token embeddings. Rows of a batch do not
+    interact, so the gradient of the summed ``J`` gives each row its own gradient. Only
+    the input embeddings are differentiated: the parameters' ``.grad`` is left untouched.
+    Returns float64 importances per probe and the forwarded tokens (clean + noisy).
+    """
+    device = next(model.parameters()).device
+    embed = model.get_input_embeddings()
+    importance: list[torch.Tensor] = []
+    forwarded = 0
+    for chunk in _chunks(list(range(len(probes))), batch_size):
+        ps = [probes[k] for k in chunk]
+        n_pred = [p.n_pred for p in ps]
+        ids, attention = pad_left([p.ids for p in ps], pad_id, device)
+        with torch.no_grad():
+            p0 = outcome_logprobs(model, ids, attention, n_pred)  # the clean forward, detached
+            embeds = embed(ids)
+        embeds = embeds.detach().requires_grad_(True)
+        width = ids.size(1)
+        delta = torch.zeros_like(embeds, requires_grad=False)
+        for row, (k, p) in enumerate(zip(chunk, ps, strict=True)):
+            shift = width - len(p.ids)
+            delta[row, shift + p.positions.start : shift + p.positions.stop] = noise[k].to(
+                device=device, dtype=embeds.dtype
+            )
+        with torch.enable_grad():
+            logq = outcome_logprobs(model, ids, attention, n_pred, inputs_embeds=embeds + delta)
+            j = kl_divergence(p0, logq).sum()
+            (grad,) = torch.autograd.grad(j, embeds)
+        dtype = torch.promote_types(embeds.dtype, torch.float32)  # bf16 models: dot in fp32
+        saliency = (grad.to(dtype) * embeds.detach().to(dtype)).sum(-1).abs()  # [B, width]
+        for row, p in enumerate(ps):
+            shift = width - len(p.ids)
+            sl = slice(shift + p.positions.start, shift + p.positions.stop)
+            importance.append(saliency[row, sl].to("cpu", torch.float64))
+        forwarded += 2 * sum(len(p.ids) for p in ps)
+    return importance, forwarded
+
+
+@contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+# ------------------------------------------------------------------------ the method
+class Method:
+    def __init__(self, params: Params, ctx):
+        self.params = params
+        self.ctx = ctx
+        if ctx is not None and not hasattr(getattr(ctx, "task", None), "answer_span"):
+            raise ValueError(
+                f"OAR needs the task's answer_span (where P_final is read); "
+                f"task {getattr(ctx.task, 'name', ctx.task)!r} has none"
+            )
+
+    def collect(self, problems, step: int) -> list[Group]:
+        G = self.ctx.run.train.group_size
+        return [Group(trajs) for trajs in self.ctx.rollout(problems, G, purpose="rollout")]
+
+    def probe(self, traj: Trajectory) -> Probe | None:
+        """Where the answer and the reasoning are; ``None`` when there is nothing to reshape."""
+        char_span = self.ctx.task.answer_span(traj.text)
+        if char_span is None:
+            return None
+        ends = _decoded_lengths(traj.completion_ids, self.ctx.tokenizer)
+        answer = answer_token_span(ends, char_span)
+        span = reasoning_span(answer[0], traj.thought_ends, self.params.reasoning_span)
+        if span[1] <= span[0]:
+            return None
+        return make_probe(traj.prompt_ids, traj.completion_ids, answer, span, self.params.outcome)
+
+    def importance(self, probes: list[Probe]) -> list[torch.Tensor]:
+        """Importances of every probe's reasoning tokens, charged to the ledger."""
+        p, model, ledger = self.params, self.ctx.model, self.ctx.ledger
+        pad_id = self.ctx.tokenizer.pad_token_id
+        with ledger.phase(p.importance), _eval_mode(model):
+            if p.importance == "perturbation":
+                imp, forwarded = perturbation_importance(
+                    model, probes, pad_id, p.perturbation_batch_size
+                )
+            else:
+                hidden = model.get_input_embeddings().weight.shape[-1]
+                noise = reasoning_noise(probes, hidden, p.noise_std)
+                imp, forwarded = gradient_importance(
+                    model, probes, pad_id, noise, p.perturbation_batch_size
+                )
+        ledger.add_tokens(p.importance, forwarded=forwarded)
+        return imp
+
+    def advantages(self, groups: list[Group]) -> list[Trajectory]:
+        p = self.params
+        trained, todo = [], []
+        for group in groups:
+            adv = group_normalise(group.rewards, std=p.std, eps=p.eps)
+            for traj, a in zip(group.trajectories, adv, strict=True):
+                trained.append(traj.set_credit(float(a)))  # w = 1 unless reshaped below
+                probe = self.probe(traj) if a != 0 else None  # A = 0 * w: skip the pass
+                if probe is not None:
+                    todo.append((traj, float(a), probe))
+        if todo:
+            importances = self.importance([pr for _, _, pr in todo])
+            for (traj, a, probe), imp in zip(todo, importances, strict=True):
+                w = reshape_weights(imp, p.quantile, p.floor, p.ramp_beta, p.quantile_interpolation)
+                weights = completion_weights(len(traj.completion_ids), probe.span, w)
+                traj.set_credit([a * x for x in weights])
+                traj.meta["oar"] = {"span": probe.span, "importance": imp.tolist()}
+        return trained

@@ -1,0 +1,391 @@
+"""SRPO and RRPO: credit assignment with resets (Samanta et al., "Credit Assignment with
+Resets in Language Model Reasoning"; code: Ankur-Samanta/SRPO, built on verl).
+
+A failed chain is reset to a state before its (presumed) first wrong thought, and several
+suffixes are resampled from there; their outcomes differ only through the suffix, so the
+group-relative advantage credits the suffix tokens. Per prompt, a buffer of
+N = ``train.group_size`` slots is filled by the split ``SxC``: S seeds x C suffixes, and
+B = N - S*C base chains (N = 8: 1x4 -> B 4, 2x4 -> B 0, 1x8 -> B 0).
+
+1. Seed search. Draw fresh chains until there are B base chains and S seeds, at most
+   ``max_attempts`` draws per prompt (code: 12). In draw order, a chain that failed
+   (reward < 1) and has at least one thought becomes a seed while fewer than S are
+   found (SRPO code: a chain with no thoughts is never a seed); any other chain fills the
+   base group while it has fewer than B; the rest are surplus and dropped. Seeds are used
+   only to pick reset states and are not trained on.
+2. Reset thought h in {1..n} of each seed (n = its thoughts), by ``reset``:
+   ``self`` (SRPO): the policy localises the first wrong thought of its own failed chain
+   (``task.localisation_prompt`` through the chat template; temperature 0.3, or 0 for
+   1x8); h clamped to [1, n]; a parse failure gives h = 1.
+   ``random`` (RRPO): h ~ Uniform{1..n}.
+   ``oracle`` [choice, beyond the paper]: h = ``task.first_error`` (the step oracle, the
+   paper's CPI-CARO analogue), clamped to [1, n]; an oracle that finds no wrong thought
+   in a failed chain (e.g. one cut by the length limit) gives h = 1, as a parse failure.
+3. Reset state x* = (x0, y_1 .. y_{h-1}) in token ids (h = 1: resample from the prompt);
+   C suffixes are sampled from x*. The prefix is part of each suffix chain's completion.
+4. Groups: the B base chains form one group, each seed's C suffixes another; advantages
+   are ``norm`` within each group (SRPO code: population std, no eps, and the whole group
+   gets 0 when its std < 1e-8).
+5. Mask: base chains train on every completion token, suffix chains only on the suffix
+   (``mask_prefix``; False is the paper's no-mask ablation).
+6. Loss (the engine's, ``DEFAULTS``): unclipped, on-policy, per-sequence token mean then
+   buffer mean, i.e. L = -(1/|buffer|) sum_i A_i mean_{t in m_i} log pi(y_t), no KL. The
+   clipped variant is ``loss: {clip: true, aggregation: dapo}`` (PPO clip 0.2, token mean;
+   verl's dual clip is not in the engine).
+7. Fallback: a prompt with fewer than S seeds after ``max_attempts`` draws becomes one
+   GRPO group of N fresh chains: its first N draws (in draw order; the SRPO code reuses
+   the chains it already sampled), topped up with new draws if fewer were made.
+
+Batching: all prompts search together in rounds. In each round a prompt that is not done
+draws as many chains as it has empty slots, (B - base) + (S - seeds), capped by the
+attempts it has left; one draw is one chain and one attempt. A chain fills at most one
+slot, so a round never draws a chain that the paper's one-at-a-time loop would not have
+drawn: the outcome equals the sequential search, chain for chain. The first round draws
+B + S chains per prompt. Localisation calls and suffix rollouts are batched across
+prompts too.
+
+Compute ledger: base chains and fallback chains are training rollouts (``rollout``); the
+seeds and the surplus draws (drawn only because the search went on) are ``seed``;
+localisation calls ``localisation``; suffixes ``suffix`` (sampled tokens only, the given
+prefix is not generated). Search draws are sampled under ``seed`` and the chains that
+turn out to be base or fallback chains are moved to ``rollout`` afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from creditbench.rollouts import Group, Trajectory, group_normalise
+
+DEFAULTS = {"loss": {"clip": False, "aggregation": "grpo", "beta": 0.0}}
+
+# SRPO temperature for the localisation call; the paper's 1x8 split localises greedily.
+LOCALISATION_TEMPERATURE = {"1x4": 0.3, "2x4": 0.3, "1x8": 0.0}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    split: Literal["1x4", "2x4", "1x8"] = "1x4"  # seeds x suffixes; base = N - S*C
+    reset: Literal["self", "random", "oracle"] = "self"  # SRPO / RRPO / step oracle
+    mask_prefix: bool = True  # False: the no-mask ablation (suffix chains train on all)
+    max_attempts: int = Field(12, ge=1)  # fresh draws per prompt in the seed search
+    localisation_temperature: float | None = Field(None, ge=0)  # None: per split, above
+    localisation_max_new_tokens: int | None = Field(None, gt=0)  # None: sampling's
+    # SRPO code: population std, no eps, zero advantages when the group's std < 1e-8.
+    std: Literal["unbiased", "population", "none"] = "population"
+    eps: float = Field(0.0, ge=0)
+    zero_std_threshold: float | None = Field(1e-8, ge=0)
+
+
+# ----------------------------------------------------------------- the split
+def parse_split(split: str, group_size: int) -> tuple[int, int, int]:
+    """``"SxC"`` and the buffer size N -> ``(B, S, C)`` with B = N - S*C base chains.
+
+    The paper's splits are for N = 8. Other N keep S and C and give the remaining slots
+    to the base group, which must then be empty or hold at least 2 chains (a group of
+    one has no signal).
+    """
+    m = re.fullmatch(r"([1-9][0-9]*)x([1-9][0-9]*)", split)
+    if not m:
+        raise ValueError(f"split {split!r} is not of the form 'SxC' (e.g. '1x4')")
+    seeds, suffixes = int(m.group(1)), int(m.group(2))
+    base = group_size - seeds * suffixes
+    if base < 0 or base == 1:
+        raise ValueError(
+            f"split {split!r} needs {seeds * suffixes} suffix slots and leaves {base} base "
+            f"slots in a buffer of train.group_size = {group_size}; the base group must be "
+            f"empty or hold >= 2 chains (the paper's splits 1x4, 2x4, 1x8 are for N = 8)"
+        )
+    return base, seeds, suffixes
+
+
+# ------------------------------------------------------------ 1. seed search
+def is_seed_candidate(chain: Trajectory) -> bool:
+    """A failed chain with at least one thought to reset into (SRPO code)."""
+    return chain.reward < 1.0 and chain.n_thoughts > 0
+
+
+@dataclass
+class SeedSearch:
+    """One prompt's search: every draw in order, and the role each was given."""
+
+    draws: list[Trajectory] = field(default_factory=list)
+    base: list[Trajectory] = field(default_factory=list)
+    seeds: list[Trajectory] = field(default_factory=list)
+    surplus: list[Trajectory] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.draws)
+
+
+def seed_search(
+    draw: Callable[[list[int]], list[list[Trajectory]]],
+    n_prompts: int,
+    n_base: int,
+    n_seeds: int,
+    max_attempts: int,
+    is_seed: Callable[[Trajectory], bool] = is_seed_candidate,
+) -> list[SeedSearch]:
+    """Draw until each prompt has ``n_base`` base chains and ``n_seeds`` seeds.
+
+    ``draw(requests)`` returns ``requests[k]`` fresh chains for prompt k (one batched call
+    per round). A prompt is found when it has all its seeds; the base group is then full.
+    """
+    searches = [SeedSearch() for _ in range(n_prompts)]
+    while True:
+        requests = [
+            min(
+                (n_base - len(s.base)) + (n_seeds - len(s.seeds)),
+                max_attempts - s.attempts,
+            )
+            for s in searches
+        ]
+        if not any(requests):
+            return searches
+        drawn = draw(requests)
+        for s, want, chains in zip(searches, requests, drawn, strict=True):
+            if len(chains) != want:
+                raise RuntimeError(f"draw returned {len(chains)} chains, {want} requested")
+            for chain in chains:
+                s.draws.append(chain)
+                if len(s.seeds) < n_seeds and is_seed(chain):
+                    s.seeds.append(chain)
+                elif len(s.base) < n_base:
+                    s.base.append(chain)
+                else:
+                    s.surplus.append(chain)
+
+
+def fallback_chains(search: SeedSearch, group_size: int) -> tuple[list, list, int]:
+    """7. No seed found: ``(kept, surplus, missing)``: the first N draws form the GRPO
+    group, the rest are surplus, and ``missing`` fresh chains top it up to N."""
+    kept = search.draws[:group_size]
+    return kept, search.draws[group_size:], group_size - len(kept)
+
+
+# --------------------------------------------------------- 2. reset thought
+def reset_thought(
+    reset: str,
+    n_thoughts: int,
+    *,
+    localised: int | None = None,
+    first_error: int | None = None,
+    rng=None,
+) -> int:
+    """The reset thought h in [1, n] of a seed with ``n_thoughts`` thoughts.
+
+    ``self``: ``localised`` is the policy's answer (None: it did not parse -> 1);
+    ``random``: ``rng.randint(1, n)``; ``oracle``: ``first_error`` (None: the oracle finds
+    no wrong thought -> 1). Out-of-range answers are clamped to [1, n].
+    """
+    n = max(n_thoughts, 1)
+    if reset == "random":
+        return rng.randint(1, n)
+    if reset == "self":
+        h = localised
+    elif reset == "oracle":
+        h = first_error
+    else:
+        raise ValueError(f"unknown reset rule {reset!r}; expected self, random or oracle")
+    return 1 if h is None else min(max(int(h), 1), n)
+
+
+# ---------------------------------------------------------- 3. reset state
+def reset_prefix(completion_ids: list[int], thought_ends: list[int], h: int) -> list[int]:
+    """Token ids of y_1 .. y_{h-1}: the completion up to the end of thought h - 1."""
+    if not 1 <= h <= max(len(thought_ends), 1):
+        raise ValueError(f"reset thought {h} is outside [1, {len(thought_ends)}]")
+    return [] if h == 1 else list(completion_ids[: thought_ends[h - 2]])
+
+
+# ------------------------------------------------------ 4-5. credit and mask
+def suffix_mask(n_tokens: int, prefix_len: int, mask_prefix: bool = True) -> list[float]:
+    """m[t]: 0 on the given prefix, 1 on sampled tokens (all 1 without prefix masking)."""
+    n_masked = min(prefix_len, n_tokens) if mask_prefix else 0
+    return [0.0] * n_masked + [1.0] * (n_tokens - n_masked)
+
+
+def assign_credit(
+    groups: list[Group],
+    mask_prefix: bool = True,
+    std: str = "population",
+    eps: float = 0.0,
+    zero_std_threshold: float | None = 1e-8,
+) -> list[Trajectory]:
+    """``norm`` within each group; every token of a chain carries its A_i, masked."""
+    trained = []
+    for group in groups:
+        adv = group_normalise(
+            group.rewards, std=std, eps=eps, zero_std_threshold=zero_std_threshold
+        )
+        for traj, a in zip(group.trajectories, adv, strict=True):
+            mask = suffix_mask(len(traj.completion_ids), traj.prefix_len, mask_prefix)
+            trained.append(traj.set_credit(float(a), mask))
+    return trained
+
+
+# ------------------------------------------------------------------ method
+class Method:
+    def __init__(self, params: Params, ctx):
+        self.params = params
+        self.ctx = ctx
+        self.N = ctx.run.train.group_size
+        try:
+            self.B, self.S, self.C = parse_split(params.split, self.N)
+        except ValueError as e:
+            raise ValueError(f"run {ctx.run.name!r}: params.split: {e}") from None
+        if params.max_attempts < self.B + self.S:
+            raise ValueError(
+                f"run {ctx.run.name!r}: params.max_attempts = {params.max_attempts} cannot "
+                f"find {self.B} base chains and {self.S} seeds; use >= {self.B + self.S}"
+            )
+        if params.reset == "oracle" and not callable(getattr(ctx.task, "first_error", None)):
+            raise ValueError(
+                f"run {ctx.run.name!r}: reset 'oracle' needs a task with a step oracle "
+                f"(first_error); task {ctx.task.name!r} has none: use 'self' or 'random'"
+            )
+        self.temperature = (
+            LOCALISATION_TEMPERATURE[params.split]
+            if params.localisation_temperature is None
+            else params.localisation_temperature
+        )
+
+    # --------------------------------------------------------------- sample
+    def collect(self, problems, step: int) -> list[Group]:
+        p, ctx = self.params, self.ctx
+        # 1. seed search, all prompts in rounds, drawn as "seed"
+        searches = seed_search(
+            self._draw(problems, "seed"), len(problems), self.B, self.S, p.max_attempts
+        )
+        found = [len(s.seeds) == self.S for s in searches]
+
+        # 7. fallback: the first N draws, topped up with fresh rollouts if fewer were drawn
+        fallback: dict[int, list[Trajectory]] = {}
+        top_up = [0] * len(problems)
+        for k, s in enumerate(searches):
+            if found[k]:
+                self._recharge(s.base, "seed", "rollout")  # base chains are rollouts
+            else:
+                fallback[k], _, top_up[k] = fallback_chains(s, self.N)
+                self._recharge(fallback[k], "seed", "rollout")
+        if any(top_up):
+            for k, extra in enumerate(self._draw(problems, "rollout")(top_up)):
+                fallback.get(k, []).extend(extra)
+
+        # 2. reset thought h of every seed; 3. reset state x* = (x0, y_1 .. y_{h-1})
+        seeds = [(k, seed) for k, s in enumerate(searches) if found[k] for seed in s.seeds]
+        localised = self._localise([(problems[k], seed) for k, seed in seeds])
+        resets = []  # (prompt index, prefix ids, group meta)
+        for (k, seed), loc in zip(seeds, localised, strict=True):
+            oracle = self._oracle(problems[k], seed)
+            h = reset_thought(
+                p.reset,
+                seed.n_thoughts,
+                localised=loc.thought if loc is not None and loc.parsed else None,
+                first_error=oracle,
+                rng=random,  # the global RNG: seeded per run, checkpointed and restored
+            )
+            meta = {
+                "reset": p.reset,
+                "reset_thought": h,
+                "localisation_parsed": None if loc is None else loc.parsed,
+                "oracle_first_error": oracle,
+                "seed_thoughts": seed.n_thoughts,
+                "seed_tokens": len(seed.completion_ids),
+                "seed_reward": seed.reward,
+                "seed_text": seed.text,
+                "attempts": searches[k].attempts,
+            }
+            resets.append((k, reset_prefix(seed.completion_ids, seed.thought_ends, h), meta))
+
+        # 3. C suffixes from every reset state, in one batched call
+        suffixes = []
+        if resets:
+            suffixes = ctx.rollout(
+                [problems[k] for k, _, _ in resets],
+                self.C,
+                purpose="suffix",
+                prefixes=[prefix for _, prefix, _ in resets],
+            )
+
+        # 4. groups, prompt by prompt: the base group, then one suffix group per seed
+        by_prompt: dict[int, list[Group]] = {}
+        for (k, _, meta), trajs in zip(resets, suffixes, strict=True):
+            for t in trajs:
+                keys = ("reset_thought", "localisation_parsed", "oracle_first_error")
+                t.meta.update({key: meta[key] for key in keys})
+            by_prompt.setdefault(k, []).append(Group(trajs, kind="suffix", meta=meta))
+        groups: list[Group] = []
+        for k, s in enumerate(searches):
+            if not found[k]:
+                meta = {"attempts": s.attempts, "seeds_found": len(s.seeds)}
+                groups.append(Group(fallback[k], kind="fallback", meta=meta))
+                continue
+            if self.B:
+                groups.append(Group(s.base, kind="base", meta={"attempts": s.attempts}))
+            groups.extend(by_prompt[k])
+        return groups
+
+    # --------------------------------------------------------------- credit
+    def advantages(self, groups: list[Group]) -> list[Trajectory]:
+        p = self.params
+        return assign_credit(groups, p.mask_prefix, p.std, p.eps, p.zero_std_threshold)
+
+    # -------------------------------------------------------------- helpers
+    def _draw(self, problems, purpose: str):
+        """``draw(requests)``: ``requests[k]`` fresh chains of prompt k, one sampler call."""
+
+        def draw(requests: list[int]) -> list[list[Trajectory]]:
+            flat = [pr for pr, r in zip(problems, requests, strict=True) for _ in range(r)]
+            chains = [g[0] for g in self.ctx.rollout(flat, 1, purpose=purpose)] if flat else []
+            out, i = [], 0
+            for r in requests:
+                out.append(chains[i : i + r])
+                i += r
+            return out
+
+        return draw
+
+    def _localise(self, items):
+        """SRPO's self-localisation of every seed in one call (None where not asked)."""
+        if self.params.reset != "self" or not items:
+            return [None] * len(items)
+        ctx = self.ctx
+        contexts = [
+            ctx.sampler.encode_prompt(ctx.task.localisation_prompt(problem, seed.text))
+            for problem, seed in items
+        ]
+        outs = ctx.sampler.generate(
+            contexts,
+            purpose="localisation",
+            temperature=self.temperature,
+            max_new_tokens=self.params.localisation_max_new_tokens,
+        )
+        return [
+            ctx.task.parse_localisation(o.text, seed.n_thoughts)
+            for o, (_, seed) in zip(outs, items, strict=True)
+        ]
+
+    def _oracle(self, problem, seed: Trajectory) -> int | None:
+        """The step oracle's first wrong thought, where the task has one (diagnostics)."""
+        first_error = getattr(self.ctx.task, "first_error", None)
+        return first_error(problem, seed.text) if callable(first_error) else None
+
+    def _recharge(self, chains: list[Trajectory], src: str, dst: str) -> None:
+        """Move chains sampled under ``src`` to ``dst`` in the ledger, as the sampler
+        charged them: generated = sampled tokens, forwarded = context + sampled tokens."""
+        if not chains:
+            return
+        generated = sum(len(t.completion_ids) - t.prefix_len for t in chains)
+        forwarded = sum(len(t.prompt_ids) + len(t.completion_ids) for t in chains)
+        self.ctx.ledger.add_tokens(src, generated=-generated, forwarded=-forwarded)
+        self.ctx.ledger.add_tokens(dst, generated=generated, forwarded=forwarded)
+        for t in chains:
+            t.purpose = dst

@@ -1,0 +1,258 @@
+"""VinePPO: PPO with Monte Carlo step values instead of a critic (Kazemnejad et al.,
+"VinePPO: Refining Credit Assignment in RL Training of LLMs", arXiv 2410.01679; code:
+McGill-NLP/VinePPO, ``MathEpisodeGeneratorWithMCAdvantages`` and ``PPOTrainer``).
+
+Language environments can be reset to any prefix, so the value of a partial solution is
+estimated by sampling the policy's own continuations from it, not by a value network.
+
+1. Rollouts. Per prompt, G = ``train.group_size`` completions i.i.d. with the run's
+   sampling settings (paper: 64 prompts x 8 per iteration, T = 0.6, top-p 0.9: those are
+   the experiment's ``sampling`` section, shared by every method for fairness).
+2. Steps. Each completion is split into steps y_1 .. y_n by the task's segmenter
+   (``Trajectory.thought_ends``; chains: one line per step, EOS joins the last step; a
+   completion with no thought is one step). States: s_0 = x0, s_k = (x0, y_1 .. y_k).
+3. Monte Carlo values. From every state s_k, k = 0 .. n-1, K = ``mc_rollouts``
+   continuations (paper 9) are sampled with the same sampling settings (temperature,
+   top-p, EOS as the only stop) and ``V(s_k)`` = their mean reward. A continuation cut off
+   by the length limit scores 0 (code: ``unfinished_response_penalty`` 0); the terminal
+   state has ``V(s_n) = 0``. Identical states are valued once: the code deduplicates its
+   value requests by query text, and we by token ids, so s_0 (the prompt, shared by the G
+   completions of a prompt) gets one estimate per prompt, as does any first step that two
+   completions share. All states of the training step go to the sampler in one call, K
+   continuations per state with the state's prefill computed once (``Sampler.generate(...,
+   n=K)``: prefix sharing, as the code's vLLM prefix caching).
+4. Step advantages, gamma = 1: ``A_k = r_k + V(s_{k+1}) - V(s_k)`` with ``r_k = 0`` except
+   the last step, ``r_{n-1} = R(y)``, and ``V(s_n) = 0``; they telescope to
+   ``sum_k A_k = R(y) - V(s_0)``.
+5. Every token of step k carries ``A_k``; then advantages are whitened over the batch:
+   ``(A - mean) / sqrt(var + eps)``, mean and variance over all trained tokens.
+6. Loss (the engine's, ``DEFAULTS``): PPO clipped surrogate, epsilon 0.2, 2 epochs over the
+   batch (so the ratio uses the behaviour policy's log-probs), k3 KL to the initial model
+   with coefficient 1e-4, no critic; the policy loss is a token mean over the batch (code:
+   ``masked_mean`` over the tokens of a batch), i.e. aggregation ``dapo``.
+
+Choices, each a parameter below or noted here:
+- ``mc_budget`` [choice]: a continuation from s_k may use only the completion budget the
+  prefix leaves (``remaining``: ``max_new_tokens - |y_1..y_k|``), so V(s_k) values the
+  same length-limited environment the trajectory was sampled in; ``full`` gives every
+  continuation the whole ``max_new_tokens``. The code bounds value rollouts by the model
+  context (2499 tokens with the query) rather than by the rollouts' 1024 new tokens. All
+  states are sampled in one call with the largest budget; a continuation longer than its
+  own budget counts as cut off (the same outcome as stopping it at its budget, since the
+  tokens after the budget cannot change the ones before; the ledger still charges them).
+- ``max_value_steps`` (code: ``max_step_for_value_estimation``; its GSM8K configs use 25,
+  its MATH configs none): values are estimated for s_0 and the states after the first
+  ``max_value_steps`` steps only; later states take the trajectory's own return R(y)
+  (code: filled backwards from V(s_n) = 0 with gamma = 1), so their steps get A = 0.
+- Whitening (``whiten``, ``whiten_std``, ``whiten_eps``; code: ``masked_whiten`` with the
+  unbiased variance and ``rsqrt(var + 1e-8)``). [choice] The code whitens each optimiser
+  micro-batch (gathered across devices) inside the update; the engine computes advantages
+  once per step, so we whiten over the whole step's batch (the paper's "batch").
+- Token to step: a token that straddles a step boundary belongs to the step it completes
+  (``thought_token_ends``); the code gives it to the step of its first character. On a
+  character-level tokenizer (the chains testbed) the two agree.
+- Not reproduced by the engine's loss: the code clips the k3 KL to [0, 10] and sums it
+  over tokens, then averages over sequences; the engine adds ``beta * k3`` per token
+  and aggregates it with the policy term. The paper's optimiser settings (lr 1e-6, 8
+  minibatches of 64 episodes per epoch) are left to the experiment, like every method's.
+
+Compute ledger: the G completions are ``rollout``; the MC continuations ``mc_value``
+(generated tokens: every sampled continuation token; forwarded: each distinct state's
+prefill once per sampler batch, then the continuation tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from creditbench.rollouts import Group, Trajectory
+
+DEFAULTS = {
+    "loss": {"clip": True, "epsilon": 0.2, "beta": 1e-4, "aggregation": "dapo"},
+    "train": {"epochs": 2},
+}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mc_rollouts: int = Field(9, ge=1)  # K continuations per state (paper: 9)
+    mc_budget: Literal["remaining", "full"] = "remaining"  # continuation length limit, above
+    max_value_steps: int | None = Field(None, ge=0)  # code: max_step_for_value_estimation
+    whiten: bool = True  # code: whiten_advantages
+    whiten_std: Literal["unbiased", "population"] = "unbiased"  # code: unbiased variance
+    whiten_eps: float = Field(1e-8, ge=0)  # added to the variance (code: rsqrt(var + 1e-8))
+
+
+# ----------------------------------------------------------------------------- credit rule
+def cut_off(stop: str, n_generated: int, budget: int) -> bool:
+    """Whether an MC continuation failed to finish within its length budget (it then scores 0).
+
+    ``stop == "length"``: the sampler ran out of tokens; ``n_generated > budget``: it
+    finished, but later than its own budget allows (``mc_budget``).
+    """
+    return stop == "length" or n_generated > budget
+
+
+def mc_value(rewards: Sequence[float]) -> float:
+    """``V(s)``: the mean reward of the K continuations sampled from ``s``."""
+    if len(rewards) == 0:
+        raise ValueError("an MC value needs at least one continuation (mc_rollouts >= 1)")
+    return float(np.mean(rewards))
+
+
+def state_values(estimated: Sequence[float], n_steps: int, reward: float) -> list[float]:
+    """``V(s_0) .. V(s_{n-1})`` from the estimates of the first states.
+
+    States past the estimated ones (``max_value_steps``) take the return from there, which
+    with gamma = 1 and a reward only at the end is ``R(y)``.
+    """
+    if not 1 <= len(estimated) <= n_steps:
+        raise ValueError(f"{len(estimated)} estimated values for a {n_steps}-step trajectory")
+    return [float(v) for v in estimated] + [float(reward)] * (n_steps - len(estimated))
+
+
+def step_advantages(values: Sequence[float], reward: float) -> list[float]:
+    """``A_k = r_k + V(s_{k+1}) - V(s_k)`` for k = 0 .. n-1 (gamma = 1).
+
+    ``values``: ``V(s_0) .. V(s_{n-1})``; the terminal state has ``V(s_n) = 0``, and
+    ``r_k = 0`` except ``r_{n-1} = R(y)``.
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("a trajectory has at least one step")
+    next_values = [*values[1:], 0.0]  # V(s_n) = 0: nothing follows the terminal state
+    rewards = [0.0] * (n - 1) + [float(reward)]
+    return [r + v_next - v for r, v_next, v in zip(rewards, next_values, values, strict=True)]
+
+
+def token_advantages(
+    advantages: Sequence[float], step_ends: Sequence[int], n_tokens: int
+) -> list[float]:
+    """Every token of step k carries ``A_k``; ``step_ends`` are exclusive token offsets."""
+    if len(advantages) != len(step_ends) or not step_ends or step_ends[-1] != n_tokens:
+        raise ValueError(
+            f"{len(advantages)} step advantages for step ends {list(step_ends)} of a "
+            f"{n_tokens}-token completion (one per step, the last end = the length)"
+        )
+    out, start = [], 0
+    for a, end in zip(advantages, step_ends, strict=True):
+        if end < start:
+            raise ValueError(f"step ends {list(step_ends)} are not increasing")
+        out.extend([float(a)] * (end - start))
+        start = end
+    return out
+
+
+def whiten(
+    advantages: Sequence[Sequence[float]],
+    masks: Sequence[Sequence[float] | None] | None = None,
+    std: Literal["unbiased", "population"] = "unbiased",
+    eps: float = 1e-8,
+) -> list[list[float]]:
+    """``(A - mean) / sqrt(var + eps)``, mean and variance over the masked tokens of the batch.
+
+    ``masks``: per-sequence token masks (``None``: every token); masked-out tokens do not
+    enter the statistics but are transformed alike (they carry no loss). ``std``:
+    ``unbiased`` divides the squared deviations by (tokens - 1), ``population`` by tokens;
+    a batch with a single token has variance 0.
+    """
+    masks = masks or [None] * len(advantages)
+    flat = np.concatenate([np.asarray(a, dtype=np.float64) for a in advantages] or [[]])
+    weight = np.concatenate(
+        [
+            np.ones(len(a)) if m is None else np.asarray(m, dtype=np.float64)
+            for a, m in zip(advantages, masks, strict=True)
+        ]
+        or [[]]
+    )
+    count = weight.sum()
+    if count == 0:
+        return [list(map(float, a)) for a in advantages]
+    mean = (flat * weight).sum() / count
+    dof = count - 1 if std == "unbiased" else count
+    var = ((flat - mean) ** 2 * weight).sum() / dof if dof > 0 else 0.0
+    scale = 1.0 / np.sqrt(var + eps) if var + eps > 0 else 1.0
+    out, start = [], 0
+    for a in advantages:
+        out.append([float(x) for x in (flat[start : start + len(a)] - mean) * scale])
+        start += len(a)
+    return out
+
+
+def step_ends(traj: Trajectory) -> list[int]:
+    """Exclusive token ends of the trajectory's steps; a completion with no thought is one step."""
+    return list(traj.thought_ends) or [len(traj.completion_ids)]
+
+
+# ----------------------------------------------------------------------------- the method
+class Method:
+    def __init__(self, params: Params, ctx):
+        self.params = params
+        self.ctx = ctx
+
+    def collect(self, problems, step: int) -> list[Group]:
+        G = self.ctx.run.train.group_size
+        groups = [Group(trajs) for trajs in self.ctx.rollout(problems, G, purpose="rollout")]
+        self.estimate_values([t for g in groups for t in g.trajectories])
+        return groups
+
+    def estimate_values(self, trajs: list[Trajectory]) -> None:
+        """Set ``meta["mc_values"]`` = ``V(s_0) .. V(s_{n-1})`` of every trajectory."""
+        p, ctx = self.params, self.ctx
+        max_new = ctx.sampler.cfg.max_new_tokens
+        index: dict[tuple[int, ...], int] = {}  # distinct state (token ids) -> its slot
+        states: list[tuple[Trajectory, int]] = []  # a trajectory holding it, prefix length
+        owned: list[list[int]] = []  # per trajectory: the slots of its estimated states
+        for t in trajs:
+            ends = step_ends(t)
+            n_est = (
+                len(ends) if p.max_value_steps is None else min(len(ends), p.max_value_steps + 1)
+            )
+            slots = []
+            for prefix_len in [0, *ends[: n_est - 1]]:  # s_0 = prompt, s_k = prompt + y_1..y_k
+                key = (*t.prompt_ids, *t.completion_ids[:prefix_len])
+                if key not in index:
+                    index[key] = len(states)
+                    states.append((t, prefix_len))
+                slots.append(index[key])
+            owned.append(slots)
+
+        K = p.mc_rollouts
+        contexts = [t.prompt_ids + t.completion_ids[:n] for t, n in states]
+        gens = ctx.sampler.generate(contexts, purpose="mc_value", max_new_tokens=max_new, n=K)
+        values = []
+        for i, (t, n) in enumerate(states):
+            budget = max_new - n if p.mc_budget == "remaining" else max_new
+            prefix = t.completion_ids[:n]
+            rewards = [
+                0.0
+                if cut_off(g.stop, len(g.ids), budget)
+                else ctx.task.reward(t.problem, ctx.sampler.decode(prefix + g.ids))
+                for g in gens[i * K : (i + 1) * K]
+            ]
+            values.append(mc_value(rewards))
+
+        for t, slots in zip(trajs, owned, strict=True):
+            estimated = [values[s] for s in slots]
+            t.meta["mc_values"] = state_values(estimated, len(step_ends(t)), t.reward)
+            t.meta["mc_estimated_states"] = len(slots)
+
+    def advantages(self, groups: list[Group]) -> list[Trajectory]:
+        trajs = [t for g in groups for t in g.trajectories]
+        per_token = []
+        for t in trajs:
+            step_adv = step_advantages(t.meta["mc_values"], t.reward)
+            t.meta["step_advantages"] = step_adv
+            per_token.append(token_advantages(step_adv, step_ends(t), len(t.completion_ids)))
+        if self.params.whiten:
+            per_token = whiten(
+                per_token,
+                [t.loss_mask for t in trajs],
+                std=self.params.whiten_std,
+                eps=self.params.whiten_eps,
+            )
+        return [t.set_credit(a) for t, a in zip(trajs, per_token, strict=True)]

@@ -1,0 +1,315 @@
+"""VinePPO: MC values, step advantages, token credit, whitening; prefix sharing; a short run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_config
+
+from creditbench.config import ChainsTaskConfig, SamplingConfig, TinyModelConfig
+from creditbench.ledger import Ledger
+from creditbench.methods import MethodContext, load_method
+from creditbench.model import build_char_tokenizer, build_tiny_model
+from creditbench.rollouts import Group, Trajectory, thought_token_ends
+from creditbench.sampling import Generation, Sampler
+from creditbench.tasks import Problem
+from creditbench.tasks.chains import ChainsTask
+from creditbench.train import Trainer
+
+vine = load_method("vineppo")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models decode token by token: threads only add overhead (and stall on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ the credit rule
+def test_mc_value_is_the_mean_reward_of_the_continuations():
+    assert vine.mc_value([1.0, 0.0, 0.0, 1.0]) == 0.5
+    assert vine.mc_value([0.0, 0.0, 1.0]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="at least one continuation"):
+        vine.mc_value([])
+
+
+def test_a_continuation_cut_off_by_the_length_limit_or_its_budget_scores_zero():
+    assert vine.cut_off("length", 10, budget=48)
+    assert vine.cut_off("eos", 11, budget=10)  # finished, but past the prefix's budget
+    assert not vine.cut_off("eos", 10, budget=10)
+    assert not vine.cut_off("pattern", 3, budget=10)
+
+
+def test_step_advantages_of_a_three_step_trajectory():
+    # V(s_0) = 0.5, V(s_1) = 0.25, V(s_2) = 0.75, V(s_3) = 0 (terminal), R = 1
+    adv = vine.step_advantages([0.5, 0.25, 0.75], reward=1.0)
+    assert adv == pytest.approx([0.25 - 0.5, 0.75 - 0.25, 1.0 + 0.0 - 0.75])
+    # a failed trajectory: the last step is charged the whole value it gave up
+    assert vine.step_advantages([0.5, 0.25, 0.75], reward=0.0) == pytest.approx([-0.25, 0.5, -0.75])
+    assert sum(adv) == pytest.approx(1.0 - 0.5)  # telescopes to R - V(s_0)
+
+
+def test_terminal_state_has_value_zero():
+    # one step: A_0 = R + V(s_1) - V(s_0) with V(s_1) = V(terminal) = 0
+    assert vine.step_advantages([0.4], reward=1.0) == pytest.approx([0.6])
+    assert vine.step_advantages([0.4], reward=0.0) == pytest.approx([-0.4])
+
+
+def test_states_past_the_value_cap_take_the_trajectory_return():
+    values = vine.state_values([0.5, 0.25], n_steps=4, reward=1.0)
+    assert values == [0.5, 0.25, 1.0, 1.0]
+    assert vine.step_advantages(values, 1.0) == pytest.approx([-0.25, 0.75, 0.0, 0.0])
+    with pytest.raises(ValueError, match="3 estimated values for a 2-step"):
+        vine.state_values([0.1, 0.2, 0.3], n_steps=2, reward=0.0)
+
+
+def test_every_token_of_a_step_carries_its_step_advantage():
+    got = vine.token_advantages([-0.25, 0.5, 0.25], step_ends=[2, 5, 6], n_tokens=6)
+    assert got == [-0.25, -0.25, 0.5, 0.5, 0.5, 0.25]
+    with pytest.raises(ValueError, match="one per step"):
+        vine.token_advantages([0.1, 0.2], step_ends=[2, 5], n_tokens=6)
+
+
+def test_whitening_uses_mean_and_unbiased_std_over_all_batch_tokens():
+    # tokens 1, 2, 3: mean 2, unbiased variance ((1)^2 + 0 + (1)^2) / 2 = 1
+    got = vine.whiten([[1.0, 2.0], [3.0]], eps=0.0)
+    assert got == [pytest.approx([-1.0, 0.0]), pytest.approx([1.0])]
+    # population variance 2/3; eps is added to the variance
+    pop = vine.whiten([[1.0, 2.0], [3.0]], std="population", eps=1e-2)
+    assert pop[0][0] == pytest.approx(-1.0 / (2 / 3 + 1e-2) ** 0.5)
+
+
+def test_whitening_statistics_skip_masked_tokens():
+    # the masked 100 enters neither mean nor variance, but is shifted and scaled alike
+    got = vine.whiten([[1.0, 100.0], [3.0]], masks=[[1.0, 0.0], None], eps=0.0)
+    s = 2.0**0.5  # tokens 1 and 3: mean 2, unbiased variance 2
+    assert got == [pytest.approx([-1 / s, 98 / s]), pytest.approx([1 / s])]
+    assert vine.whiten([[0.5, 0.5], [0.5]]) == [[0.0, 0.0], [0.0]]  # no spread: all zero
+
+
+# ------------------------------------------------------------- the method, scripted
+TASK = ChainsTask(ChainsTaskConfig())
+PROBLEM = Problem(
+    "a",
+    "7+5*3\n",
+    "36",
+    {"ops": ["+", "*"], "operands": [5, 3], "values": [7, 12, 36], "length": 2},
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_char_tokenizer(ChainsTask.alphabet)
+
+
+class ScriptedSampler:
+    """Continues the contexts it is given with scripted texts, and records the calls."""
+
+    def __init__(self, tok, max_new_tokens: int, script):
+        self.tok, self.script, self.calls = tok, script, []
+        self.cfg = SamplingConfig(max_new_tokens=max_new_tokens)
+
+    def encode(self, text):
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def generate(self, contexts, *, purpose, n=1, **kw):
+        self.calls.append((contexts, purpose, n, kw))
+        out = []
+        for c in contexts:
+            for text, stop in self.script(self.decode(c), n):
+                ids = self.encode(text) + ([self.tok.eos_token_id] if stop == "eos" else [])
+                out.append(Generation(context_ids=c, ids=ids, text=text, stop=stop))
+        return out
+
+
+def trajectory(tok, sampler, text: str, reward: float) -> Trajectory:
+    ids = sampler.encode(text) + [tok.eos_token_id]
+    return Trajectory(
+        problem=PROBLEM,
+        prompt_ids=sampler.encode(PROBLEM.prompt),
+        completion_ids=ids,
+        text=text,
+        reward=reward,
+        purpose="rollout",
+        thought_ends=thought_token_ends(ids, tok, TASK.segment),
+    )
+
+
+def scripted_method(tok, script, max_new_tokens=40, **params):
+    sampler = ScriptedSampler(tok, max_new_tokens, script)
+    ctx = MethodContext(None, tok, sampler, TASK, Ledger(), run=None)
+    return vine.Method(vine.Params(mc_rollouts=2, **params), ctx), sampler
+
+
+# continuations by state (context text): one right and one wrong answer from the prompt,
+# two right ones after a right first step, two wrong ones after a wrong first step
+SCRIPT = {
+    "7+5*3\n": [("7+5=12\n12*3=36\nA:36", "eos"), ("7+5=13\n13*3=39\nA:39", "eos")],
+    "7+5*3\n7+5=12\n": [("12*3=36\nA:36", "eos"), ("12*3=36\nA:36", "eos")],
+    "7+5*3\n7+5=13\n": [("13*3=39\nA:39", "eos"), ("13*3=39\nA:39", "eos")],
+    "7+5*3\n7+5=12\n12*3=36\n": [("A:36", "eos"), ("A:36", "length")],  # cut off: 0
+    "7+5*3\n7+5=13\n13*3=39\n": [("A:39", "eos"), ("A:39", "eos")],
+}
+
+
+def test_collected_values_are_mc_estimates_with_the_prompt_valued_once(tok):
+    method, sampler = scripted_method(tok, lambda ctx, n: SCRIPT[ctx][:n])
+    right = trajectory(tok, sampler, "7+5=12\n12*3=36\nA:36", 1.0)
+    wrong = trajectory(tok, sampler, "7+5=13\n13*3=39\nA:39", 0.0)
+    method.estimate_values([right, wrong])
+    (contexts, purpose, n, kw) = sampler.calls[0]
+    assert len(sampler.calls) == 1 and purpose == "mc_value" and n == 2
+    # s_0 is shared by both completions and sampled once: 1 + 2 + 2 states
+    assert sorted(sampler.decode(c) for c in contexts) == sorted(SCRIPT)
+    # V(s_0) = 1/2, V(s_1) = 1, V(s_2) = 1/2 (one continuation cut off by the length limit)
+    assert right.meta["mc_values"] == [0.5, 1.0, 0.5]
+    assert wrong.meta["mc_values"] == [0.5, 0.0, 0.0]
+    groups = [Group([right, wrong])]
+    trained = method.advantages(groups)
+    assert right.meta["step_advantages"] == pytest.approx([0.5, -0.5, 0.5])
+    assert wrong.meta["step_advantages"] == pytest.approx([-0.5, 0.0, 0.0])
+    # whitened over all 2 x 20 tokens: zero mean, unit (unbiased) variance
+    flat = torch.tensor([a for t in trained for a in t.advantages], dtype=torch.float64)
+    assert flat.mean().item() == pytest.approx(0.0, abs=1e-9)
+    assert flat.std().item() == pytest.approx(1.0, abs=1e-6)
+    # step 1 of the right trajectory ("7+5=12\n", 7 tokens) carries one value
+    assert len(set(right.advantages[:7])) == 1 and right.advantages[0] > 0
+
+
+def test_continuations_past_the_remaining_budget_score_zero(tok):
+    # the completion has 20 tokens, steps end at 7, 15 and 20; from s_2 (15 tokens in) the
+    # continuation "A:36" + EOS has 5 tokens: within a 20-token budget, past a 19-token one
+    def script(ctx, n):
+        return [("A:36", "eos")] * n
+
+    for max_new, expected in ((20, 1.0), (19, 0.0)):
+        method, sampler = scripted_method(tok, script, max_new_tokens=max_new)
+        right = trajectory(tok, sampler, "7+5=12\n12*3=36\nA:36", 1.0)
+        assert right.thought_ends == [7, 15, 20]
+        method.estimate_values([right])
+        assert right.meta["mc_values"][2] == expected
+        # mc_budget "full": every continuation may use all max_new_tokens
+        method_full, _ = scripted_method(tok, script, max_new_tokens=max_new, mc_budget="full")
+        method_full.estimate_values([right])
+        assert right.meta["mc_values"][2] == 1.0
+
+
+def test_value_cap_estimates_only_the_first_states(tok):
+    method, sampler = scripted_method(tok, lambda ctx, n: SCRIPT[ctx][:n], max_value_steps=1)
+    right = trajectory(tok, sampler, "7+5=12\n12*3=36\nA:36", 1.0)
+    method.estimate_values([right])
+    assert len(sampler.calls[0][0]) == 2  # s_0 and s_1 only
+    assert right.meta["mc_values"] == [0.5, 1.0, 1.0]  # s_2 takes R(y)
+
+
+# ----------------------------------------------------------------- prefix sharing
+@pytest.fixture(scope="module")
+def model(tok):
+    """Untrained, with large random weights so greedy outputs vary (as in test_sampling)."""
+    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    model = build_tiny_model(cfg, tok).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        model.get_input_embeddings().weight[
+            [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
+        ] = 0.0
+    return model
+
+
+def sampler_for(model, tok, batch_size=5) -> Sampler:
+    return Sampler(model, tok, SamplingConfig(max_new_tokens=16, batch_size=batch_size), Ledger())
+
+
+CONTEXTS = ["7+5*3-4\n", "1+2\n", "12*3-4+5*6-7\n7+5=12\n", "9-8*7\n"]
+
+
+def contexts_of(s: Sampler) -> list[list[int]]:
+    return [s.encode_prompt(p) for p in CONTEXTS]
+
+
+def test_shared_prefill_gives_the_greedy_continuations_of_repeated_contexts(model, tok):
+    s = sampler_for(model, tok)  # batches of 5 rows: a context's copies span two batches
+    contexts = contexts_of(s)
+    assert len({len(c) for c in contexts}) == len(contexts)  # left padding in every batch
+    shared = s.generate(contexts, purpose="shared", temperature=0, n=3)
+    plain = s.generate([c for c in contexts for _ in range(3)], purpose="plain", temperature=0)
+    assert [(g.context_ids, g.ids, g.stop) for g in shared] == [
+        (g.context_ids, g.ids, g.stop) for g in plain
+    ]
+    assert len({tuple(g.ids) for g in shared}) > 1  # the contexts continue differently
+
+
+def test_shared_prefill_samples_n_continuations_per_context_with_stops(model, tok):
+    s = sampler_for(model, tok, batch_size=8)
+    contexts = contexts_of(s)
+    nl = tok.convert_tokens_to_ids("\n")
+    torch.manual_seed(0)
+    gens = s.generate(contexts, purpose="mc_value", temperature=1.0, stop=["\n"], n=4)
+    assert [g.context_ids for g in gens] == [c for c in contexts for _ in range(4)]
+    for g in gens:
+        assert 0 < len(g.ids) <= 16 and g.text == s.decode(g.ids)
+        assert not {nl, tok.eos_token_id} & set(g.ids[:-1])  # nothing after a stop
+        assert g.stop == {nl: "pattern", tok.eos_token_id: "eos"}.get(g.ids[-1], "length")
+        assert g.stop != "length" or len(g.ids) == 16
+    assert len({tuple(g.ids) for g in gens[:4]}) > 1  # independent samples of one context
+    # same seed, same rows: sharing the prefill does not change what is sampled
+    torch.manual_seed(0)
+    plain = s.generate(
+        [c for c in contexts for _ in range(4)], purpose="plain", temperature=1.0, stop=["\n"]
+    )
+    assert [g.ids for g in plain] == [g.ids for g in gens]
+
+
+def test_ledger_charges_a_shared_prefill_once(model, tok):
+    s = sampler_for(model, tok, batch_size=6)
+    contexts = contexts_of(s)
+    shared = s.generate(contexts, purpose="shared", temperature=0, n=3)
+    plain = s.generate([c for c in contexts for _ in range(3)], purpose="plain", temperature=0)
+    led = s.ledger
+    assert led.generated["shared"] == led.generated["plain"] == sum(len(g.ids) for g in shared)
+    assert led.forwarded["plain"] == sum(len(g.context_ids) + len(g.ids) for g in plain)
+    # batches of 6 rows hold two contexts x 3: each context's first len - 1 tokens once,
+    # its last token and the generated tokens per row
+    expected = sum(len(c) - 1 + 3 for c in contexts) + sum(len(g.ids) for g in shared)
+    assert led.forwarded["shared"] == expected < led.forwarded["plain"]
+
+
+# --------------------------------------------------------------------- a short run
+def test_vineppo_trains_and_charges_mc_rollouts_to_the_ledger(small_experiment, tmp_path):
+    cfg = small_config(
+        train={"steps": 2}, runs={"vineppo": {"method": "vineppo", "mc_rollouts": 2}}
+    )
+    run = cfg.run("vineppo")
+    assert (run.train.epochs, run.loss.beta, run.loss.aggregation) == (2, 1e-4, "dapo")
+    t = Trainer(run, 0, small_experiment["base"], small_experiment["data"], tmp_path / "v")
+    sampled = {"rollout": 0, "mc_value": 0}
+    generate = t.sampler.generate
+
+    def recording_generate(contexts, *, purpose, **kw):
+        gens = generate(contexts, purpose=purpose, **kw)
+        sampled[purpose] += sum(len(g.ids) for g in gens)
+        if purpose == "mc_value":
+            assert kw["n"] == 2
+        return gens
+
+    t.sampler.generate = recording_generate
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    ledger = t.train()
+    assert t.step == 2
+    assert ledger["generated_tokens"] == sampled
+    assert sampled["mc_value"] > sampled["rollout"] > 0
+    forwarded = ledger["forwarded_tokens"]
+    assert forwarded["old_logprobs"] > 0  # epochs = 2: the ratio needs pi_old
+    assert forwarded["reference"] == forwarded["old_logprobs"]  # beta > 0: one pass each
+    assert forwarded["policy_update"] == 2 * forwarded["old_logprobs"]
+    after = t.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
