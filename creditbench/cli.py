@@ -60,36 +60,68 @@ def cmd_train(cfg, args):
     print(json.dumps({"step": trainer.step, "generated_tokens": ledger["total_generated_tokens"]}))
 
 
-def cmd_evaluate(cfg, args):
-    from creditbench.evaluate import evaluate_accuracy
-    from creditbench.model import default_device, load_policy, load_tokenizer
+def suites_of(cfg: ExperimentConfig) -> list[str]:
     from creditbench.tasks import make_task
-    from creditbench.utils import atomic_write_json
+
+    return cfg.eval.suites or list(make_task(cfg.task).suites)
+
+
+def cmd_evaluate(cfg, args):
+    from creditbench.tasks import make_task
 
     p = _paths(cfg, args.results)
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"model {str(model_dir)!r} has no config.json")
     task = make_task(cfg.task, args.data or p["data"])
-    sampling = cfg.run(next(iter(cfg.runs))).sampling
-    model = load_policy(model_dir, cfg.model, default_device(), trainable=False)
-    tokenizer = load_tokenizer(model_dir)
-    result = {"suite": args.suite, "model": str(model_dir), "backend": "creditbench"}
-    result.update(
-        evaluate_accuracy(
-            model,
-            tokenizer,
-            task,
-            task.load(args.suite)[: cfg.eval.problems],
-            sampling,
-            temperature=cfg.eval.temperature,
-            samples=cfg.eval.samples,
-            seed=cfg.eval.seed,
+    split = task.suites.get(args.suite)  # a local suite reads the experiment's own data
+    out = Path(args.out or model_dir.parent / "eval" / f"{args.suite}.json")
+    ev = cfg.eval
+    if ev.backend == "lm-eval":
+        from creditbench.lmeval import evaluate_suite
+        from creditbench.model import default_device
+
+        data_file = task.data_dir / f"{split}.jsonl" if split else None
+        if data_file is not None and not data_file.is_file():
+            raise FileNotFoundError(f"suite {args.suite!r} needs {data_file}")
+        result = evaluate_suite(
+            model_dir,
+            args.suite,
+            out,
+            data_file=data_file,
+            backend=ev.lm_eval_model,
+            limit=ev.problems,
+            batch_size=ev.batch_size,
+            device=str(default_device()),
+            dtype=cfg.model.dtype,
+            seed=ev.seed,
         )
-    )
-    out = args.out or model_dir.parent / "eval" / f"{args.suite}.json"
-    atomic_write_json(out, result)
-    print(json.dumps(result))
+    else:
+        from creditbench.evaluate import evaluate_accuracy
+        from creditbench.model import load_policy, load_tokenizer
+        from creditbench.utils import atomic_write_json
+
+        if split is None:
+            raise ConfigError(
+                f"eval.backend 'creditbench' evaluates local suites only {list(task.suites)}, "
+                f"not {args.suite!r}"
+            )
+        model = load_policy(model_dir, cfg.model, trainable=False)
+        result = {"suite": args.suite, "model": str(model_dir), "backend": "creditbench"}
+        result.update(
+            evaluate_accuracy(
+                model,
+                load_tokenizer(model_dir),
+                task,
+                task.load(split)[: ev.problems],
+                cfg.run(next(iter(cfg.runs))).sampling,
+                temperature=ev.temperature,
+                samples=ev.samples,
+                seed=ev.seed,
+            )
+        )
+        atomic_write_json(out, result)
+    print(json.dumps({k: result[k] for k in ("suite", "accuracy", "n")}))
 
 
 def cmd_run(cfg, args):
@@ -119,7 +151,7 @@ def cmd_run(cfg, args):
                         results=args.results,
                     ),
                 )
-            for suite in cfg.eval.suites:
+            for suite in suites_of(cfg):
                 path = out / "eval" / f"{suite}.json"
                 if not path.is_file():
                     cmd_evaluate(
@@ -149,6 +181,7 @@ def cmd_methods(cfg, args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditbench", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, func, help_):
@@ -174,12 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until-step", type=int, help="stop after this step (resumable)")
     sp = add("evaluate", cmd_evaluate, "held-out accuracy of a model on one suite")
     sp.add_argument("--model", required=True)
-    sp.add_argument("--suite", default="test")
+    sp.add_argument("--suite", default="chains_test", help="an lm-eval task name")
     sp.add_argument("--data")
     sp.add_argument("--out")
     sp = add("run", cmd_run, "the whole experiment in one process")
     sp.add_argument("--runs", help="comma-separated subset of the config's runs")
     add("methods", cmd_methods, "list the available methods")
+    sp = sub.add_parser("schema", help="print the experiment config's JSON schema")
+    sp.set_defaults(func=None)
     return parser
 
 
@@ -188,10 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars drown the training progress
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "schema":
+        from creditbench.config import json_schema
+
+        print(json.dumps(json_schema(), indent=2, sort_keys=True))
+        return 0
     try:
         cfg = load_experiment(args.config)
         args.func(cfg, args)

@@ -191,8 +191,19 @@ class LossConfig(Strict):
 
 # -------------------------------------------------------------------- evaluation
 class EvalConfig(Strict):
-    suites: list[Literal["test", "test_long"]] = ["test", "test_long"]
-    problems: PositiveInt = 500
+    """Final evaluation of every run x seed, one job per suite.
+
+    ``suites``: lm-eval task names (``null``: the task's own local suites, e.g.
+    ``chains_test`` and ``chains_test_long``). ``backend``: ``lm-eval`` (the harness,
+    with its ``hf`` or ``vllm`` model) or ``creditbench`` (the engine's own sampler,
+    local suites only). ``problems``: at most this many problems per suite.
+    """
+
+    suites: list[str] | None = None
+    backend: Literal["lm-eval", "creditbench"] = "lm-eval"
+    lm_eval_model: Literal["hf", "vllm"] = "hf"
+    batch_size: PositiveInt = 64
+    problems: PositiveInt | None = 500
     samples: PositiveInt = 1
     temperature: Annotated[float, Field(ge=0)] = 0.0
     seed: int = 0
@@ -351,3 +362,15 @@ def experiment_from_dict(
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def json_schema() -> dict[str, Any]:
+    """The experiment file's JSON schema (``experiments/schema/config.schema.json``).
+
+    Snakemake validates the config against it before building the DAG; the typed
+    config then checks what a schema cannot (run sections, method parameters).
+    """
+    schema = ExperimentConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "creditbench experiment"
+    return schema

@@ -7,6 +7,9 @@ the same weights as an uninterrupted run (bitwise, on CPU).
 
 Outputs in ``out_dir``: ``model/`` (final, ``save_pretrained``), ``metrics.jsonl``
 (one line per step; evaluation lines carry ``eval/...`` keys), ``ledger.json``.
+While training, metrics go to ``metrics.partial.jsonl`` and checkpoints to
+``checkpoints/``; neither is a declared output, so a workflow manager that clears
+the outputs of an interrupted job loses nothing.
 """
 
 from __future__ import annotations
@@ -160,8 +163,12 @@ class Trainer:
         log.info("resumed from %s", path)
         return True
 
+    @property
+    def partial_metrics(self) -> Path:
+        return self.out_dir / "metrics.partial.jsonl"
+
     def _truncate_metrics(self, step: int) -> None:
-        path = self.out_dir / "metrics.jsonl"
+        path = self.partial_metrics
         if path.is_file():
             keep = [
                 ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
@@ -255,7 +262,7 @@ class Trainer:
         resumed = self.try_resume()
         if not resumed:
             self._truncate_metrics(-1)
-        metrics_path = self.out_dir / "metrics.jsonl"
+        metrics_path = self.partial_metrics
         stop_at = t.steps if until_step is None else min(until_step, t.steps)
         self.model.train()
         with metrics_path.open("a") as metrics_file:
@@ -339,5 +346,7 @@ class Trainer:
                 "train_seconds": self.elapsed,
             }
         )
+        shutil.copyfile(self.partial_metrics, self.out_dir / ".metrics.jsonl.tmp")
+        (self.out_dir / ".metrics.jsonl.tmp").replace(self.out_dir / "metrics.jsonl")
         atomic_write_json(self.out_dir / "ledger.json", ledger)
         atomic_write_json(self.out_dir / "run_config.json", self.run.model_dump(mode="json"))

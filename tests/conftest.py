@@ -47,7 +47,7 @@ SMALL = {
         "eval_every": 0,
         "eval_problems": 50,
     },
-    "eval": {"problems": 100},
+    "eval": {"problems": 100, "backend": "creditbench"},
     "runs": {"grpo": {"method": "grpo"}},
 }
 

@@ -60,6 +60,8 @@ class ChainsTask:
     name = "chains"
     alphabet = ALPHABET
     thought_stop = "\n"  # a thought is one line, newline included
+    # lm-eval suites (experiments/tasks/chains/) backed by this task's local splits
+    suites = {"chains_test": "test", "chains_test_long": "test_long"}
 
     def __init__(self, cfg: ChainsTaskConfig, data_dir: str | Path | None = None):
         self.cfg = cfg

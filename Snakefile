@@ -1,0 +1,19 @@
+# creditbench: data -> warm start -> train (run x seed) -> evaluate (run x seed x suite)
+# -> tables -> figures. Configure with --configfile; the default is the embedded testbed.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "experiments/default.yaml"
+
+
+include: "experiments/rules/common.smk"
+include: "experiments/rules/pipeline.smk"
+include: "experiments/rules/analysis.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,45 @@
+# Config validation (JSON schema, then the engine's typed config) and path helpers.
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from creditbench.cli import suites_of
+from creditbench.config import ConfigError, experiment_from_dict
+from creditbench.utils import atomic_write_text
+
+# An experiment stands alone: a --configfile replaces the default config, never merges
+# into it (merged `runs` tables would silently add the default's runs).
+if workflow.overwrite_configfiles:
+    config.clear()
+    config.update(workflow.config_settings.overwrite_config)
+
+validate(config, schema="../schema/config.schema.json", set_default=False)
+try:
+    EXP = experiment_from_dict(dict(config), source="config")
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}")
+
+R = f"results/{EXP.experiment}"
+RUNS = list(EXP.runs)
+SEEDS = EXP.seeds
+SUITES = suites_of(EXP)
+GPU = 1 if EXP.model.path is not None else 0  # real models train on a GPU
+CONFIG = f"{R}/config.json"  # the resolved config every job reads
+
+_resolved = json.dumps(EXP.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+if not Path(CONFIG).is_file() or Path(CONFIG).read_text() != _resolved:
+    atomic_write_text(CONFIG, _resolved)
+
+
+def run_params(wildcards):
+    """A run's resolved settings: a change re-runs its jobs (Snakemake's params trigger)."""
+    return EXP.run(wildcards.run).model_dump_json()
+
+
+def final_outputs():
+    return [
+        f"{R}/tables/main.md",
+        f"{R}/figures/accuracy_vs_step.png",
+    ]
