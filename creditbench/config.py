@@ -186,6 +186,8 @@ class LossConfig(Strict):
     epsilon: Annotated[float, Field(gt=0, lt=1)] = 0.2
     epsilon_high: PositiveFloat | None = None
     beta: Annotated[float, Field(ge=0)] = 0.0
+    # TRL 1.16's use_bias_correction_kl: weight the k3 KL by the ratio pi/pi_old
+    kl_ratio_correction: bool = False
     aggregation: Literal["grpo", "dapo"] = "grpo"
 
 

@@ -7,7 +7,9 @@ Definitions follow TRL's GRPOTrainer (the parity reference in the tests):
 - clipped: ``-min(r_t A_t, clip(r_t, 1 - eps, 1 + eps_high) A_t)``;
 - unclipped: ``-A_t log pi_theta`` on-policy (REINFORCE, SRPO's default), or
   ``-r_t A_t`` when ``old_logprobs`` are given (importance-weighted, no clip);
-- KL: the k3 estimator ``exp(ref - logp) - (ref - logp) - 1``, weighted by ``beta``;
+- KL: the k3 estimator ``exp(ref - logp) - (ref - logp) - 1``, weighted by ``beta``
+  (times the ratio with ``kl_ratio_correction``, TRL 1.16's default
+  ``use_bias_correction_kl``; off here, as in DeepSeekMath);
 - aggregation ``grpo``: per-sequence token mean, then batch mean;
   ``dapo``: token sum over the batch divided by its number of loss tokens.
 """
@@ -102,6 +104,8 @@ def policy_loss(
             raise ValueError("loss.beta > 0 needs reference log-probs")
         delta = ref_logprobs - logprobs
         kl = torch.exp(delta) - delta - 1
+        if cfg.kl_ratio_correction:
+            kl = kl * ratio
         per_token = per_token + cfg.beta * kl
         stats["kl"] = _masked_mean(kl.detach(), mask)
     if cfg.aggregation == "grpo":

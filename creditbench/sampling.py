@@ -186,12 +186,17 @@ class Sampler:
             attention[row, width - len(ctx) :] = 1
         stop_ids, stop_strings = self._stop_ids_and_strings(stop)
         greedy = temperature == 0
+        # Every sampling knob is explicit: transformers otherwise fills unset ones from the
+        # model's generation_config.json (a hub model's top_k, say), which would silently
+        # sample from a different distribution than the run's config says.
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=not greedy,
             temperature=None if greedy else temperature,
-            top_p=None if greedy or top_p >= 1.0 else top_p,
-            top_k=None,
+            top_p=None if greedy else top_p,
+            top_k=None if greedy else 0,
+            min_p=None,
+            repetition_penalty=1.0,
             eos_token_id=stop_ids,
             pad_token_id=pad,
             suppress_tokens=self._never_sampled() or None,

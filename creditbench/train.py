@@ -15,6 +15,7 @@ the outputs of an interrupted job loses nothing.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import random
@@ -47,10 +48,15 @@ def problems_for_step(n_problems: int, per_step: int, step: int, seed: int) -> l
     out = []
     for k in range(step * per_step, (step + 1) * per_step):
         epoch, pos = divmod(k, n_problems)
-        order = list(range(n_problems))
-        random.Random(f"data-{seed}-{epoch}").shuffle(order)
-        out.append(order[pos])
+        out.append(_epoch_order(n_problems, seed, epoch)[pos])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n_problems: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n_problems))
+    random.Random(f"data-{seed}-{epoch}").shuffle(order)
+    return tuple(order)
 
 
 class Trainer:
@@ -203,8 +209,10 @@ class Trainer:
                 n_items, n_seq = float(mask.sum()), len(mb)
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = t.micro_batch_size or len(mb)
+                # micro-batches of similar length pad less (normalisers span the minibatch)
+                by_length = mb.completion_mask.sum(-1).argsort().tolist()
                 for start in range(0, len(mb), micro):
-                    part = mb.select(list(range(start, min(start + micro, len(mb)))))
+                    part = mb.select(by_length[start : start + micro])
                     lp = self._logprobs(self.model, part, temperature)
                     loss, st = policy_loss(
                         lp,

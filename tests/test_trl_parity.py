@@ -31,6 +31,15 @@ ADVANTAGES = [1.0, -0.5, 0.8, -1.2]  # both signs, so both clip bounds can bind
 EPSILON = 0.2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tensors this small gain nothing from threads, and on a busy CPU thread sync dominates."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama and its tokenizer saved like a hub model, so TRL loads it by path."""
