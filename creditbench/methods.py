@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,16 @@ class MethodContext:
     task: object
     ledger: Ledger
     run: object  # RunConfig
+    seed: int = 0
+
+    def step_rng(self, step: int, name: str) -> random.Random:
+        """A private RNG for a method's own choices at ``step``: reproducible on resume,
+        and it leaves the sampling RNG untouched."""
+        return random.Random(f"{name}-{self.seed}-{step}")
+
+    def score(self, problem: Problem, text: str, stop: str) -> float:
+        """``R(y)``; a completion cut off by the length limit scores 0."""
+        return 0.0 if stop == "length" else self.task.reward(problem, text)
 
     def prompt_ids(self, problem: Problem) -> list[int]:
         return self.sampler.encode_prompt(problem.prompt)
@@ -116,8 +127,7 @@ class MethodContext:
                         prompt_ids=prompt,
                         completion_ids=ids,
                         text=text,
-                        # a completion cut off by the length limit scores 0
-                        reward=0.0 if g.stop == "length" else self.task.reward(problem, text),
+                        reward=self.score(problem, text, g.stop),
                         purpose=purpose,
                         thought_ends=thought_token_ends(ids, self.tokenizer, self.task.segment),
                         prefix_len=len(prefix),

@@ -89,7 +89,7 @@ class Trainer:
         self.sampler = Sampler(self.model, self.tokenizer, run.sampling, self.ledger)
         module = load_method(run.method, methods_dir)
         self.ctx = MethodContext(
-            self.model, self.tokenizer, self.sampler, self.task, self.ledger, run
+            self.model, self.tokenizer, self.sampler, self.task, self.ledger, run, seed
         )
         self.method = module.Method(module.Params(**run.params), self.ctx)
         t = run.train

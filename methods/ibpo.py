@@ -33,7 +33,6 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz.distance import Levenshtein
 
@@ -202,7 +201,7 @@ class Method:
         groups = [Group(trajs) for trajs in self.ctx.rollout(problems, K, purpose="rollout")]
         # 2. a reference sibling per failed completion (a per-step RNG: the same picks on
         # resume, and the sampling RNG streams are left untouched)
-        rng = random.Random(f"ibpo-reference-{torch.initial_seed()}-{step}")
+        rng = self.ctx.step_rng(step, "ibpo-reference")
         jobs: list[tuple[Trajectory, int, Trajectory]] = []
         for group in groups:
             rewards = group.rewards
@@ -237,7 +236,7 @@ class Method:
             max_new_tokens=p.revision_max_new_tokens,
         )
         for (traj, ref, _), rev in zip(jobs, revisions, strict=True):
-            rev_reward = 0.0 if rev.stop == "length" else task.reward(traj.problem, rev.text)
+            rev_reward = self.ctx.score(traj.problem, rev.text, rev.stop)
             # 3. the rewrite filter
             if p.edit_unit == "token":
                 distance = normalised_edit_distance(traj.completion_ids, rev.ids)
@@ -269,7 +268,9 @@ class Method:
                         traj.completion_ids, traj.meta["revision_ids"], p.insertion_marks
                     )
                     traj.meta["focus_tokens"] = int(sum(edited))
-                    if any(edited):  # an identical revision (possible after a length cut-off)
+                    # no changed token (an identical revision, possible only when y_i was cut
+                    # by the length limit): nothing to focus on, plain GRPO credit below
+                    if any(edited):
                         trained.append(
                             traj.set_credit(*focus_credit(a, edited, p.unfocused_tokens))
                         )
