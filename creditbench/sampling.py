@@ -133,7 +133,7 @@ class Sampler:
         return ids, strings
 
     def _shared_prefill(self, input_ids, attention, contexts) -> tuple[DynamicCache | None, int]:
-        """The KV cache of every row's context but its last token, computed once per distinct context.
+        """The KV cache of each row's context but its last token, once per distinct context.
 
         Returns the cache expanded to all rows (``None`` when no context repeats in the
         batch, or every context is one token) and the number of tokens it forwarded:

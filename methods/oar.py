@@ -82,7 +82,9 @@ class Params(BaseModel):
     # The ramp's beta above tau (paper 1.0); named ramp_beta so it is not read as the KL beta.
     ramp_beta: float = Field(1.0, ge=0)
     noise_std: float = Field(1e-3, gt=0)  # OAR-G: std of the embedding noise (paper 1e-3)
-    perturbation_batch_size: int = Field(64, gt=0)  # sequences per importance forward
+    # sequences per importance forward (OAR-P: perturbed copies; OAR-G: completions per
+    # forward + backward); changes speed and memory, not the importances
+    perturbation_batch_size: int = Field(64, gt=0)
     reasoning_span: Literal["before_answer", "before_answer_thought"] = "before_answer"
     # GRPO's norm(R): TRL / DeepSeekMath use the unbiased std and eps 1e-4.
     std: Literal["unbiased", "population", "none"] = "unbiased"
@@ -107,8 +109,12 @@ def reshape_weights(
     imp = torch.as_tensor(importance, dtype=torch.float64).flatten()
     if imp.numel() == 0:
         return imp
-    if not torch.isfinite(imp).all() or (imp < 0).any():
-        raise ValueError(f"importances must be finite and >= 0, got {imp.tolist()}")
+    bad = ~torch.isfinite(imp) | (imp < 0)
+    if bad.any():
+        where = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"importances must be finite and >= 0; tokens {where} have {imp[where].tolist()}"
+        )
     s = torch.log1p(imp)
     lo, hi = s.min(), s.max()
     if hi == lo:  # one token, or nothing to tell the tokens apart: uniform credit

@@ -13,14 +13,14 @@ estimated by sampling the policy's own continuations from it, not by a value net
    completion with no thought is one step). States: s_0 = x0, s_k = (x0, y_1 .. y_k).
 3. Monte Carlo values. From every state s_k, k = 0 .. n-1, K = ``mc_rollouts``
    continuations (paper 9) are sampled with the same sampling settings (temperature,
-   top-p, EOS as the only stop) and ``V(s_k)`` = their mean reward. A continuation cut off
-   by the length limit scores 0 (code: ``unfinished_response_penalty`` 0); the terminal
-   state has ``V(s_n) = 0``. Identical states are valued once: the code deduplicates its
-   value requests by query text, and we by token ids, so s_0 (the prompt, shared by the G
-   completions of a prompt) gets one estimate per prompt, as does any first step that two
-   completions share. All states of the training step go to the sampler in one call, K
-   continuations per state with the state's prefill computed once (``Sampler.generate(...,
-   n=K)``: prefix sharing, as the code's vLLM prefix caching).
+   top-p, EOS as the only stop) and ``V(s_k)`` = their mean reward. A continuation cut
+   off by the length limit scores 0 (``ctx.score``; code: ``unfinished_response_penalty``
+   0); the terminal state has ``V(s_n) = 0``. Identical states are valued once: the code
+   deduplicates its value requests by query text, and we by token ids, so s_0 (the
+   prompt, shared by the G completions of a prompt) gets one estimate per prompt, as does
+   any first step that two completions share. All states of the training step go to the
+   sampler in one call, K continuations per state with the state's prefill computed once
+   (``Sampler.generate(..., n=K)``: prefix sharing, as the code's vLLM prefix caching).
 4. Step advantages, gamma = 1: ``A_k = r_k + V(s_{k+1}) - V(s_k)`` with ``r_k = 0`` except
    the last step, ``r_{n-1} = R(y)``, and ``V(s_n) = 0``; they telescope to
    ``sum_k A_k = R(y) - V(s_0)``.
@@ -35,8 +35,9 @@ Choices, each a parameter below or noted here:
 - ``mc_budget`` [choice]: a continuation from s_k may use only the completion budget the
   prefix leaves (``remaining``: ``max_new_tokens - |y_1..y_k|``), so V(s_k) values the
   same length-limited environment the trajectory was sampled in; ``full`` gives every
-  continuation the whole ``max_new_tokens``. The code bounds value rollouts by the model
-  context (2499 tokens with the query) rather than by the rollouts' 1024 new tokens. All
+  continuation the whole ``max_new_tokens``. The code bounds a value rollout by the
+  sequence limit (query + prefix + continuation; 2499 tokens in its DeepSeek MATH config),
+  not by the rollouts' own limit (1024 new tokens), so it is looser than ``remaining``. All
   states are sampled in one call with the largest budget; a continuation longer than its
   own budget counts as cut off (the same outcome as stopping it at its budget, since the
   tokens after the budget cannot change the ones before; the ledger still charges them).
@@ -88,13 +89,13 @@ class Params(BaseModel):
 
 
 # ----------------------------------------------------------------------------- credit rule
-def cut_off(stop: str, n_generated: int, budget: int) -> bool:
-    """Whether an MC continuation failed to finish within its length budget (it then scores 0).
+def budget_stop(stop: str, n_generated: int, budget: int) -> str:
+    """Why an MC continuation stopped, under its own length budget (``mc_budget``).
 
-    ``stop == "length"``: the sampler ran out of tokens; ``n_generated > budget``: it
-    finished, but later than its own budget allows (``mc_budget``).
+    One that finished after more tokens than its budget allows was cut off: ``"length"``,
+    which ``ctx.score`` scores 0 like any completion cut off by the length limit.
     """
-    return stop == "length" or n_generated > budget
+    return "length" if n_generated > budget else stop
 
 
 def mc_value(rewards: Sequence[float]) -> float:
@@ -229,9 +230,11 @@ class Method:
             budget = max_new - n if p.mc_budget == "remaining" else max_new
             prefix = t.completion_ids[:n]
             rewards = [
-                0.0
-                if cut_off(g.stop, len(g.ids), budget)
-                else ctx.task.reward(t.problem, ctx.sampler.decode(prefix + g.ids))
+                ctx.score(
+                    t.problem,
+                    ctx.sampler.decode(prefix + g.ids),
+                    budget_stop(g.stop, len(g.ids), budget),
+                )
                 for g in gens[i * K : (i + 1) * K]
             ]
             values.append(mc_value(rewards))

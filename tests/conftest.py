@@ -16,24 +16,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# Small enough to build in seconds; the warm start is short, so accuracy is low but nonzero.
+# A small testbed (chains mod 10, lengths 2-3) and model, warm-started in about a minute.
 SMALL = {
     "experiment": "small",
     "seeds": [0],
     "task": {
         "min_len": 2,
         "max_len": 3,
+        "modulus": 10,
         "n_train": 3000,
         "n_test": 200,
         "long_min_len": 5,
         "long_max_len": 5,
     },
-    "model": {
-        "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 192}
-    },
+    "model": {"tiny": {"hidden_size": 96, "num_layers": 3, "num_heads": 4, "intermediate_size": 288}},
+    # ~45% greedy / ~40% sampled accuracy, most 8-sample groups mixed
     "warm_start": {
-        "steps": 150,
-        "skill_steps": 30,
+        "steps": 600,
+        "skill_steps": 100,
         "batch_size": 32,
         "lr": 3e-3,
         "eval_problems": 100,

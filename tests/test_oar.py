@@ -212,9 +212,12 @@ def tiny_gpt2(tiny):
     cfg = GPT2Config(
         vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=64,
         initializer_range=0.5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )  # fmt: skip
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(cfg).double().eval(), tok
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(cfg)
+    return model.double().eval(), tok
 
 
 def test_gradient_importance_matches_central_differences_along_each_embedding(tiny_gpt2):
@@ -258,10 +261,11 @@ def test_gradient_importance_leaves_no_gradient_on_the_policy(tiny):
 def test_gradient_noise_is_a_seeded_draw_from_the_torch_rng(tiny):
     model, tok = tiny
     probes, _ = _probes(tok, "last")
-    torch.manual_seed(11)
-    a = oar.reasoning_noise(probes, 16, std=1e-3)
-    torch.manual_seed(11)
-    b = oar.reasoning_noise(probes, 16, std=1e-3)
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        a = oar.reasoning_noise(probes, 16, std=1e-3)
+        torch.manual_seed(11)
+        b = oar.reasoning_noise(probes, 16, std=1e-3)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert [x.shape for x in a] == [(len(p.positions), 16) for p in probes]
     assert 0.5e-3 < float(torch.cat(a).std()) < 2e-3

@@ -197,10 +197,11 @@ class ScriptedSampler(Sampler):
     def __init__(self, script: dict[str, dict[str, list]]):
         super().__init__(None, TOK, SamplingConfig(), Ledger())
         self.script = {p: {k: deque(v) for k, v in s.items()} for p, s in script.items()}
-        self.calls = []
+        self.calls, self.contexts = [], []
 
     def generate(self, contexts, *, purpose, **kw):
         self.calls.append((purpose, len(contexts), kw))
+        self.contexts.extend((purpose, list(c)) for c in contexts)
         out = []
         for c in contexts:
             context = self.decode(c)
@@ -258,6 +259,9 @@ def test_1x4_first_failure_is_the_seed_the_next_four_the_base_and_suffixes_are_m
     # localisation: the seed's prompt through the chat template, temperature 0.3
     loc = [c for c in sampler.calls if c[0] == "localisation"]
     assert loc == [("localisation", 1, {"temperature": 0.3, "max_new_tokens": None})]
+    assert [c for purpose, c in sampler.contexts if purpose == "localisation"] == [
+        sampler.encode_prompt(TASK.localisation_prompt(P0, draws[1]))
+    ]
 
     trained = m.advantages(groups)
     s = math.sqrt(0.25 * 0.75)

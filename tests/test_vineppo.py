@@ -36,11 +36,11 @@ def test_mc_value_is_the_mean_reward_of_the_continuations():
         vine.mc_value([])
 
 
-def test_a_continuation_cut_off_by_the_length_limit_or_its_budget_scores_zero():
-    assert vine.cut_off("length", 10, budget=48)
-    assert vine.cut_off("eos", 11, budget=10)  # finished, but past the prefix's budget
-    assert not vine.cut_off("eos", 10, budget=10)
-    assert not vine.cut_off("pattern", 3, budget=10)
+def test_a_continuation_past_its_budget_counts_as_cut_off():
+    assert vine.budget_stop("eos", 11, budget=10) == "length"  # finished too late
+    assert vine.budget_stop("eos", 10, budget=10) == "eos"
+    assert vine.budget_stop("pattern", 3, budget=10) == "pattern"
+    assert vine.budget_stop("length", 10, budget=48) == "length"
 
 
 def test_step_advantages_of_a_three_step_trajectory():
