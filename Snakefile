@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "experiments/default.yaml"
 
 
+report: "experiments/report/workflow.rst"
+
+
 include: "experiments/rules/common.smk"
 include: "experiments/rules/pipeline.smk"
 include: "experiments/rules/analysis.smk"
@@ -15,5 +18,6 @@ include: "experiments/rules/analysis.smk"
 
 rule all:
     input:
-        final_outputs(),
+        rules.tables.output,
+        rules.figures.output,
     default_target: True

@@ -26,6 +26,18 @@ class Ledger:
         if forwarded:
             self.forwarded[purpose] += int(forwarded)
 
+    def transfer(self, src: str, dst: str, generated: int = 0, forwarded: int = 0) -> None:
+        """Re-charge tokens from ``src`` to ``dst`` once it is known what they were for
+        (SRPO: a drawn chain becomes a base chain or stays a seed-search draw)."""
+        for book, n in ((self.generated, generated), (self.forwarded, forwarded)):
+            if n:
+                if book.get(src, 0) < n:
+                    raise ValueError(f"cannot move {n} tokens from {src!r}: it holds {book.get(src, 0)}")
+                book[src] -= n
+                book[dst] += n
+                if book[src] == 0:
+                    del book[src]
+
     @contextmanager
     def phase(self, name: str):
         """Time a phase; a phase nested in an open one of the same name is not double counted."""

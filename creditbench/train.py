@@ -300,10 +300,14 @@ class Trainer:
                     )
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
-                rollouts = [tr for g in groups for tr in g.trajectories]
+                # "reward": fresh chains from the prompt only (comparable across methods);
+                # "buffer_reward": everything sampled into groups (suffixes, vines, ...)
+                buffer = [tr for g in groups for tr in g.trajectories]
+                rollouts = [tr for tr in buffer if tr.purpose == "rollout"] or buffer
                 row = {
                     "step": self.step,
                     "reward": sum(tr.reward for tr in rollouts) / len(rollouts),
+                    "buffer_reward": sum(tr.reward for tr in buffer) / len(buffer),
                     "trained_reward": sum(tr.reward for tr in trained) / len(trained),
                     "completion_tokens": sum(len(tr.completion_ids) for tr in rollouts)
                     / len(rollouts),

@@ -385,7 +385,6 @@ class Method:
             return
         generated = sum(len(t.completion_ids) - t.prefix_len for t in chains)
         forwarded = sum(len(t.prompt_ids) + len(t.completion_ids) for t in chains)
-        self.ctx.ledger.add_tokens(src, generated=-generated, forwarded=-forwarded)
-        self.ctx.ledger.add_tokens(dst, generated=generated, forwarded=forwarded)
+        self.ctx.ledger.transfer(src, dst, generated=generated, forwarded=forwarded)
         for t in chains:
             t.purpose = dst

@@ -36,10 +36,3 @@ if not Path(CONFIG).is_file() or Path(CONFIG).read_text() != _resolved:
 def run_params(wildcards):
     """A run's resolved settings: a change re-runs its jobs (Snakemake's params trigger)."""
     return EXP.run(wildcards.run).model_dump_json()
-
-
-def final_outputs():
-    return [
-        f"{R}/tables/main.md",
-        f"{R}/figures/accuracy_vs_step.png",
-    ]

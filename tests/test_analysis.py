@@ -1,0 +1,364 @@
+"""The analysis stage on a fake experiment with known numbers: statistics, markers, tests,
+formats and figures (no model, no training: fast)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import collect, figures, tables
+
+SEEDS = [0, 1, 2]
+SUITES = ["chains_test", "chains_test_long"]
+STEPS = 10
+# final accuracy by run, suite: one value per seed
+ACCURACY = {
+    "grpo": {"chains_test": [0.40, 0.44, 0.42], "chains_test_long": [0.20, 0.22, 0.18]},
+    "srpo_1x4": {"chains_test": [0.50, 0.47, 0.53], "chains_test_long": [0.25, 0.21, 0.26]},
+}
+METHOD = {"grpo": "grpo", "srpo_1x4": "srpo"}
+# ledger totals over the run (identical across seeds); tokens per step = these / STEPS
+GENERATED = {
+    "grpo": {"rollout": 10_000},
+    "srpo_1x4": {"rollout": 5_000, "seed": 3_000, "localisation": 200, "suffix": 6_000},
+}
+FORWARDED = {
+    "grpo": {"rollout": 12_000, "policy_update": 30_000},
+    "srpo_1x4": {
+        "rollout": 6_000,
+        "seed": 3_600,
+        "localisation": 2_000,
+        "suffix": 7_000,
+        "policy_update": 33_000,
+    },
+}
+TRAIN_SECONDS = {"grpo": [20.0, 22.0, 24.0], "srpo_1x4": [30.0, 33.0, 36.0]}
+GENERATE_SECONDS = {"grpo": [10.0, 10.0, 12.5], "srpo_1x4": [14.2, 14.2, 14.2]}
+T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom
+
+
+def write_run_seed(root: Path, run: str, seed: int, suites=SUITES) -> Path:
+    d = root / "runs" / run / f"seed{seed}"
+    (d / "eval").mkdir(parents=True)
+    i = SEEDS.index(seed) if seed in SEEDS else 0
+    gen_total = sum(GENERATED[run].values())
+    fwd_total = sum(FORWARDED[run].values())
+    train_s = TRAIN_SECONDS[run][i]
+    rows = [
+        {
+            "step": 0,
+            "eval/test/accuracy": 0.30,
+            "eval/test/stderr": 0.03,
+            "generated_tokens": 0,
+            "forwarded_tokens": 0,
+            "seconds": 0.0,
+        }
+    ]
+    final = ACCURACY[run]["chains_test"][i]
+    for step in range(1, STEPS + 1):
+        row = {
+            "step": step,
+            "reward": 0.3 + (0.02 if run == "grpo" else 0.03) * step + 0.01 * i * (-1) ** step,
+            "trained_reward": 0.3,
+            "completion_tokens": 20.0,
+            "loss": 0.1,
+            "lr": 1e-4,
+            "step_seconds": train_s / STEPS,
+            "generated_tokens": gen_total * step // STEPS,
+            "forwarded_tokens": fwd_total * step // STEPS,
+            "seconds": train_s * step / STEPS,
+        }
+        if step % 5 == 0:
+            row["eval/test/accuracy"] = 0.30 + (final - 0.30) * step / STEPS
+            row["eval/test/stderr"] = 0.03
+        rows.append(row)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ledger = {
+        "generated_tokens": GENERATED[run],
+        "forwarded_tokens": FORWARDED[run],
+        "seconds": {
+            "collect": train_s * 0.7,
+            "generate": GENERATE_SECONDS[run][i],
+            "credit": 0.1,
+            "update": train_s * 0.3,
+            "eval": 3.0,
+        },
+        "total_generated_tokens": gen_total,
+        "total_forwarded_tokens": fwd_total,
+        "run": run,
+        "method": METHOD[run],
+        "seed": seed,
+        "steps": STEPS,
+        "train_seconds": train_s,
+    }
+    (d / "ledger.json").write_text(json.dumps(ledger))
+    for suite in suites:
+        acc = ACCURACY[run][suite][i]
+        result = {
+            "suite": suite,
+            "model": str(d / "model"),
+            "backend": "lm-eval/hf",
+            "accuracy": acc,
+            "stderr": math.sqrt(acc * (1 - acc) / 100),
+            "n": 100,
+        }
+        (d / "eval" / f"{suite}.json").write_text(json.dumps(result))
+    return d
+
+
+def make_experiment(root: Path, runs=("grpo", "srpo_1x4"), seeds=SEEDS) -> Path:
+    for run in runs:
+        for seed in seeds:
+            write_run_seed(root, run, seed)
+    return root
+
+
+@pytest.fixture
+def exp(tmp_path) -> Path:
+    return make_experiment(tmp_path / "results" / "fake")
+
+
+def acc_row(table: pd.DataFrame, run: str, suite: str) -> pd.Series:
+    return table[(table.run == run) & (table.suite == suite)].iloc[0]
+
+
+# ------------------------------------------------------------------------------ collect
+
+
+def test_collect_reads_tidy_frames_with_sources(exp):
+    res = collect.load(exp, baseline="grpo")
+    assert res.runs == ["grpo", "srpo_1x4"]
+    assert len(res.final) == 2 * 3 * 2
+    row = res.final[(res.final.run == "srpo_1x4") & (res.final.seed == 1)]
+    row = row[row.suite == "chains_test_long"].iloc[0]
+    assert row.accuracy == 0.21 and row.method == "srpo" and row.n == 100
+    assert row.source == str(exp / "runs/srpo_1x4/seed1/eval/chains_test_long.json")
+    c = res.curves[(res.curves.run == "grpo") & (res.curves.seed == 2)]
+    assert c.step.tolist() == list(range(STEPS + 1))
+    assert c.accuracy.notna().tolist() == [s in (0, 5, 10) for s in range(STEPS + 1)]
+    assert c[c.step == 10].accuracy.item() == pytest.approx(0.42)
+    assert math.isnan(c[c.step == 0].reward.item())  # the warm start's eval row
+    assert set(res.curves.source) == {
+        str(exp / f"runs/{r}/seed{s}/metrics.jsonl") for r in ACCURACY for s in SEEDS
+    }
+    t = res.tokens[(res.tokens.run == "srpo_1x4") & (res.tokens.seed == 0)].set_index("purpose")
+    assert t.loc["suffix", "generated"] == 6_000 and t.loc["policy_update", "generated"] == 0
+    assert t.loc["localisation", "forwarded"] == 2_000
+    s = res.seconds[(res.seconds.run == "grpo") & (res.seconds.seed == 2)].set_index("phase")
+    assert s.loc["generate", "seconds"] == 12.5 and s.loc["generate", "train_seconds"] == 24.0
+
+
+def test_run_order_follows_the_given_order_else_baseline_first(exp):
+    assert collect.order_runs(["srpo_1x4", "grpo", "abc"], None, "grpo") == [
+        "grpo",
+        "abc",
+        "srpo_1x4",
+    ]
+    assert collect.order_runs(["grpo", "srpo_1x4"], ["srpo_1x4", "grpo"]) == ["srpo_1x4", "grpo"]
+    res = collect.load(exp, runs=["srpo_1x4", "grpo"], seeds=SEEDS, suites=SUITES)
+    assert res.runs == ["srpo_1x4", "grpo"]
+
+
+def test_malformed_eval_json_is_an_error_naming_the_file(exp):
+    bad = exp / "runs/srpo_1x4/seed1/eval/chains_test.json"
+    bad.write_text('{"suite": "chains_test", "accuracy": 0.5,')
+    with pytest.raises(collect.AnalysisError, match=r"seed1/eval/chains_test\.json.*malformed"):
+        collect.load(exp)
+    assert tables.main([str(exp), "--out", str(exp / "tables")]) == 2
+
+
+def test_missing_and_bad_values_are_errors_naming_the_file(exp):
+    (exp / "runs/grpo/seed2/eval/chains_test_long.json").unlink()
+    with pytest.raises(collect.AnalysisError, match=r"grpo/seed2/eval/chains_test_long\.json"):
+        collect.load(exp, runs=["grpo"], seeds=SEEDS, suites=SUITES)
+    path = exp / "runs/grpo/seed0/eval/chains_test.json"
+    path.write_text(json.dumps({"suite": "chains_test", "accuracy": None, "n": 3}))
+    with pytest.raises(collect.AnalysisError, match=r"grpo/seed0/eval/chains_test\.json.*accuracy"):
+        collect.final_results(collect.run_seeds(exp, ["grpo"], [0]), ["chains_test"])
+    metrics = exp / "runs/grpo/seed1/metrics.jsonl"
+    metrics.write_text(metrics.read_text() + "{not json\n")
+    with pytest.raises(collect.AnalysisError, match=r"grpo/seed1/metrics\.jsonl:12"):
+        collect.learning_curves(collect.run_seeds(exp, ["grpo"], [1]))
+
+
+# ------------------------------------------------------------------------------- tables
+
+
+def test_mean_and_confidence_interval_use_the_student_t_quantile(exp):
+    res = collect.load(exp)
+    t = tables.accuracy_table(res.final, res.runs, SUITES, "grpo")
+    r = acc_row(t, "grpo", "chains_test")  # 0.40, 0.44, 0.42: mean 0.42, s = 0.02
+    assert r["mean"] == pytest.approx(0.42)
+    assert r.ci95 == pytest.approx(T_975_DF2 * 0.02 / math.sqrt(3))
+    assert r.n_seeds == 3
+    # the average over suites is taken per seed (0.30, 0.33, 0.30), then over seeds
+    avg = acc_row(t, "grpo", tables.AVERAGE)
+    s = np.std([0.30, 0.33, 0.30], ddof=1)
+    assert avg["mean"] == pytest.approx(0.31)
+    assert avg.ci95 == pytest.approx(T_975_DF2 * s / math.sqrt(3))
+
+
+def test_best_mean_per_column_is_marked_and_bold(exp, tmp_path):
+    res = collect.load(exp)
+    t = tables.write_tables(res, SUITES, tmp_path / "t", "grpo", "results/fake")["main"]
+    assert t[t.best].run.unique().tolist() == ["srpo_1x4"]
+    assert len(t[t.best]) == 3  # both suites and the average
+    md = (tmp_path / "t/main.md").read_text()
+    # srpo_1x4 on chains_test: 0.50, 0.47, 0.53 -> 50.0 ± 7.5 (s = 0.03)
+    half = T_975_DF2 * 0.03 / math.sqrt(3) * 100
+    assert f"**50.0 ± {half:.1f}**" in md
+    assert "| grpo | grpo | 3 | 42.0 ± 5.0 |" in md  # not bold
+    tex = (tmp_path / "t/main.tex").read_text()
+    assert rf"\textbf{{50.0 $\pm$ {half:.1f}}}" in tex
+
+
+def test_paired_t_test_against_the_baseline_matches_scipy(exp):
+    res = collect.load(exp)
+    t = tables.accuracy_table(res.final, res.runs, SUITES, "grpo")
+    r = acc_row(t, "srpo_1x4", "chains_test")
+    a, b = ACCURACY["srpo_1x4"]["chains_test"], ACCURACY["grpo"]["chains_test"]
+    d = np.subtract(a, b)  # 0.10, 0.03, 0.11
+    t_stat = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    assert r.delta == pytest.approx(d.mean())
+    assert r.n_matched == 3
+    assert r.p_value == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert r.p_value == pytest.approx(2 * stats.t.sf(abs(t_stat), 2))
+    assert math.isnan(acc_row(t, "grpo", "chains_test").p_value)  # no test against itself
+
+
+def test_difference_needs_matched_seeds(tmp_path):
+    root = tmp_path / "exp"
+    make_experiment(root, runs=["grpo"], seeds=[0, 1, 2])
+    write_run_seed(root, "srpo_1x4", 1)  # one matched seed: a difference, no p-value
+    res = collect.load(root)
+    t = tables.accuracy_table(res.final, res.runs, SUITES, "grpo")
+    r = acc_row(t, "srpo_1x4", "chains_test")
+    assert r.n_matched == 1 and r.n_seeds == 1
+    assert r.delta == pytest.approx(0.47 - 0.44)
+    assert math.isnan(r.p_value) and math.isnan(r.ci95)
+    tables.write_tables(res, SUITES, tmp_path / "t", "grpo", "exp")
+    md = (tmp_path / "t/main.md").read_text()
+    assert "47.0 (n=1)" in md and "+3.0 (p=n/a)" in md
+
+
+def test_absent_baseline_skips_the_difference(exp, tmp_path):
+    res = collect.load(exp)
+    out = tables.write_tables(res, SUITES, tmp_path / "t", "vineppo", "results/fake")
+    assert out["main"].delta.isna().all()
+    assert out["efficiency"].ratio_to_baseline.isna().all()
+    md = (tmp_path / "t/main.md").read_text()
+    assert "Difference to" not in md and "baseline run 'vineppo' is absent" in md
+
+
+def test_efficiency_per_step_and_relative_to_the_baseline(exp):
+    res = collect.load(exp)
+    e = tables.efficiency_table(res, "grpo")
+
+    def get(run, quantity, purpose="all"):
+        sel = (e.run == run) & (e.quantity == quantity) & (e.purpose == purpose)
+        return e[sel].iloc[0]
+
+    gen = get("srpo_1x4", "generated_tokens_per_step")
+    assert gen["mean"] == pytest.approx(14_200 / STEPS)
+    assert gen.ratio_to_baseline == pytest.approx(1.42)
+    fwd = get("srpo_1x4", "forwarded_tokens_per_step")
+    assert fwd.ratio_to_baseline == pytest.approx(51_600 / 42_000)
+    sec = get("srpo_1x4", "seconds_per_step")
+    assert sec["mean"] == pytest.approx(3.3) and sec.ratio_to_baseline == pytest.approx(1.5)
+    assert sec.ci95 == pytest.approx(T_975_DF2 * 0.3 / math.sqrt(3))
+    speed = get("grpo", "generated_tokens_per_second")  # 10000 / (10, 10, 12.5)
+    assert speed["mean"] == pytest.approx(np.mean([1000, 1000, 800]))
+    assert get("srpo_1x4", "generated_tokens_per_second").ratio_to_baseline == pytest.approx(
+        1000 / np.mean([1000, 1000, 800])
+    )
+    assert get("srpo_1x4", "generated_tokens_per_step", "localisation")["mean"] == 20
+    assert get("grpo", "generated_tokens_per_step", "rollout").ratio_to_baseline == 1.0
+
+
+def test_formats_latex_booktabs_escaped_and_csv_round_trips(exp, tmp_path):
+    res = collect.load(exp)
+    out = tables.write_tables(res, SUITES, tmp_path / "t", "grpo", "results/fake")
+    for name in ("main", "efficiency"):
+        tex = (tmp_path / f"t/{name}.tex").read_text()
+        for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}"):
+            assert rule in tex
+        body = "\n".join(ln for ln in tex.splitlines() if not ln.startswith("%"))
+        assert "srpo\\_1x4" in body and "srpo_1x4" not in body.replace("srpo\\_1x4", "")
+        back = pd.read_csv(tmp_path / f"t/{name}.csv", keep_default_na=False, na_values=[""])
+        frame = out[name]
+        assert list(back.columns) == list(frame.columns)
+        pd.testing.assert_frame_equal(
+            back, frame.reset_index(drop=True), check_dtype=False, rtol=1e-9
+        )
+        assert (tmp_path / f"t/{name}.html").read_text().startswith("<!DOCTYPE html>")
+    assert r"chains\_test\_long" in (tmp_path / "t/main.tex").read_text()
+    seeds = pd.read_csv(tmp_path / "t/seeds.csv")
+    assert len(seeds) == 12 and seeds.source.str.endswith(".json").all()
+
+
+def test_tables_command_line_writes_every_table_in_the_given_run_order(exp, capsys):
+    out = exp / "tables"
+    args = [str(exp), "--runs", "srpo_1x4,grpo", "--seeds", "0,1,2", "--suites", ",".join(SUITES)]
+    assert tables.main([*args, "--out", str(out)]) == 0
+    for name in ("main", "efficiency"):
+        for ext in ("md", "tex", "csv", "html"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    main_csv = pd.read_csv(out / "main.csv")
+    assert main_csv.run.tolist()[:2] == ["srpo_1x4", "grpo"]
+    md = (out / "main.md").read_text()
+    assert md.index("| srpo_1x4 |") < md.index("| grpo | grpo |")
+
+
+def test_single_seed_prints_the_mean_and_n1(tmp_path):
+    root = make_experiment(tmp_path / "one", seeds=[0])
+    res = collect.load(root)
+    tables.write_tables(res, SUITES, tmp_path / "t", "grpo", "one")
+    md = (tmp_path / "t/main.md").read_text()
+    assert "| grpo | grpo | 1 | 40.0 (n=1) | 20.0 (n=1) | 30.0 (n=1) |" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith(("| grpo", "| srpo"))]
+    assert len(rows) == 3 and not any("±" in ln for ln in rows)
+    assert "(p=n/a)" in md
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def test_figures_are_written_as_png_and_pdf(exp, tmp_path):
+    res = collect.load(exp, final=False)
+    paths = figures.write_figures(res, tmp_path / "fig", band="minmax", smooth=3)
+    expected = {f"{n}.{ext}" for n in figures.FIGURES for ext in ("png", "pdf")}
+    assert {p.name for p in paths} == expected
+    for p in paths:
+        assert p.stat().st_size > 1000
+    assert (tmp_path / "fig/accuracy_vs_step.pdf").read_bytes().startswith(b"%PDF")
+    h, w, _ = mpimg.imread(tmp_path / "fig/accuracy_vs_step.png").shape
+    # 5.5 x 3.6 inches at 200 dpi, give or take the tight bounding box
+    assert 900 <= w <= 1400 and 550 <= h <= 900
+
+
+def test_curves_average_over_seeds_with_the_band():
+    df = pd.DataFrame(
+        {
+            "step": [5, 5, 5, 10, 10, 10],
+            "accuracy": [0.1, 0.2, 0.6, 0.3, 0.3, 0.6],
+            "generated_tokens": [100, 110, 120, 200, 220, 240],
+        }
+    )
+    mm = figures.curve_over_seeds(df, "accuracy", "generated_tokens", "minmax")
+    assert mm.x.tolist() == [110, 220] and mm.y.tolist() == pytest.approx([0.3, 0.4])
+    assert mm.lo.tolist() == [0.1, 0.3] and mm.hi.tolist() == [0.6, 0.6]
+    se = figures.curve_over_seeds(df, "accuracy", "step", "se")
+    half = np.std([0.1, 0.2, 0.6], ddof=1) / math.sqrt(3)
+    assert se.lo.iloc[0] == pytest.approx(0.3 - half) and se.hi.iloc[0] == pytest.approx(0.3 + half)
+    curves = pd.DataFrame(
+        {"run": "r", "seed": 0, "step": [0, 1, 2, 3], "reward": [np.nan, 0.0, 1.0, 0.5]}
+    )
+    smoothed = figures.smooth_reward(curves, 2).smoothed.tolist()
+    assert smoothed == pytest.approx([0.0, 0.5, 0.75])  # trailing window of 2 steps
