@@ -9,7 +9,7 @@ import pytest
 from conftest import small_config
 
 from creditbench.config import ChainsTaskConfig
-from creditbench.methods import load_method
+from creditbench.methods import MethodContext, load_method
 from creditbench.rollouts import Group, Trajectory
 from creditbench.sampling import Generation
 from creditbench.tasks.chains import ChainsTask
@@ -184,6 +184,10 @@ def _method(policy: FakePolicy, **params):
         rollout=policy.rollout,
         sampler=policy,
         task=TASK,
+        step_rng=lambda step, name: MethodContext.step_rng(SimpleNamespace(seed=0), step, name),
+        score=lambda problem, text, stop: MethodContext.score(
+            SimpleNamespace(task=TASK), problem, text, stop
+        ),
     )
     return ibpo.Method(ibpo.Params(**params), ctx)
 

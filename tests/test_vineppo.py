@@ -19,9 +19,12 @@ from creditbench.train import Trainer
 vine = load_method("vineppo")
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def single_thread():
-    """Tiny models decode token by token: threads only add overhead (and stall on a busy CPU)."""
+    """Tiny models decode token by token: threads only add overhead (and stall on a busy CPU).
+
+    Per test, so the session's warm start (set up before it) keeps the default threads.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
