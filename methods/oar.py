@@ -49,9 +49,10 @@ parameter below or a documented behaviour:
   charged separately, as the engine's ``policy_update`` counts forward + backward once).
   A sequence is the prompt plus the completion up to the last answer-predicting position
   (later tokens cannot change ``P_final`` in a causal model, so they are not forwarded).
-- [choice] OAR-G's noise is drawn on the CPU from the global torch RNG (seeded by the run
-  and saved in checkpoints), one ``[L, hidden]`` draw per completion in order, so it does
-  not depend on ``perturbation_batch_size`` or the device.
+- [choice] OAR-G's noise is drawn on the CPU from a private ``torch.Generator`` seeded
+  from ``ctx.step_rng(step, "oar-noise")`` (the run's seed and the step): reproducible on
+  resume, and the sampling RNG is left untouched. One ``[L, hidden]`` draw per completion,
+  in order, so the noise does not depend on ``perturbation_batch_size`` or the device.
 - Importance passes run with the model in eval mode (no dropout) and leave no gradient
   on the policy's parameters (``torch.autograd.grad`` w.r.t. the input embeddings only).
 """
@@ -280,7 +281,8 @@ def perturbation_importance(
 def reasoning_noise(
     probes: list[Probe], hidden_size: int, std: float, generator: torch.Generator | None = None
 ) -> list[torch.Tensor]:
-    """OAR-G's Gaussian noise: one ``[L, hidden]`` CPU draw per probe, in order."""
+    """OAR-G's Gaussian noise: one ``[L, hidden]`` CPU draw per probe, in order
+    (``generator=None`` draws from the global torch RNG)."""
     return [torch.randn(len(p.positions), hidden_size, generator=generator) * std for p in probes]
 
 
@@ -342,6 +344,7 @@ class Method:
     def __init__(self, params: Params, ctx):
         self.params = params
         self.ctx = ctx
+        self.step = 0  # the step being trained on (collect sets it): seeds OAR-G's noise
         if ctx is not None and not hasattr(getattr(ctx, "task", None), "answer_span"):
             raise ValueError(
                 f"OAR needs the task's answer_span (where P_final is read); "
@@ -349,6 +352,7 @@ class Method:
             )
 
     def collect(self, problems, step: int) -> list[Group]:
+        self.step = step
         G = self.ctx.run.train.group_size
         return [Group(trajs) for trajs in self.ctx.rollout(problems, G, purpose="rollout")]
 
@@ -364,6 +368,11 @@ class Method:
             return None
         return make_probe(traj.prompt_ids, traj.completion_ids, answer, span, self.params.outcome)
 
+    def noise_generator(self) -> torch.Generator:
+        """OAR-G's private noise RNG for the current step (a function of seed and step)."""
+        seed = self.ctx.step_rng(self.step, "oar-noise").getrandbits(63)
+        return torch.Generator().manual_seed(seed)
+
     def importance(self, probes: list[Probe]) -> list[torch.Tensor]:
         """Importances of every probe's reasoning tokens, charged to the ledger."""
         p, model, ledger = self.params, self.ctx.model, self.ctx.ledger
@@ -375,7 +384,7 @@ class Method:
                 )
             else:
                 hidden = model.get_input_embeddings().weight.shape[-1]
-                noise = reasoning_noise(probes, hidden, p.noise_std)
+                noise = reasoning_noise(probes, hidden, p.noise_std, self.noise_generator())
                 imp, forwarded = gradient_importance(
                     model, probes, pad_id, noise, p.perturbation_batch_size
                 )

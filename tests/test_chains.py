@@ -323,3 +323,19 @@ def test_non_utf8_line_raises_data_error_naming_file_and_line(tmp_path):
 def test_missing_data_file_raises_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         ChainsTask(ChainsTaskConfig(), tmp_path).load("train")
+
+
+def test_corrupt_terminates_when_every_upstream_error_cancels():
+    # mod 10, "*5*2" maps every value to 0: no error before the answer line can show
+    task = ChainsTask(ChainsTaskConfig(modulus=10))
+    problem = Problem(
+        "x",
+        "3*5*2\n",
+        "0",
+        {"ops": ["*", "*"], "operands": [5, 2], "values": [3, 5, 0], "length": 2},
+    )
+    rng = random.Random(1)
+    for _ in range(50):
+        text, k = task.corrupt(problem, rng)
+        assert task.reward(problem, text) == 0.0
+        assert task.first_error(problem, text) == k

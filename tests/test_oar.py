@@ -3,8 +3,6 @@ computations on a tiny model, and OAR-P / OAR-G training runs with their ledger 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from creditbench.config import ChainsTaskConfig, TinyModelConfig
 from creditbench.ledger import Ledger
-from creditbench.methods import load_method
+from creditbench.methods import MethodContext, load_method
 from creditbench.model import build_char_tokenizer, build_tiny_model
 from creditbench.rollouts import Group, Trajectory, group_normalise, thought_token_ends
 from creditbench.tasks import Problem
@@ -258,22 +256,18 @@ def test_gradient_importance_leaves_no_gradient_on_the_policy(tiny):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_gradient_noise_is_a_seeded_draw_from_the_torch_rng(tiny):
-    model, tok = tiny
+def test_gradient_noise_is_a_draw_of_the_given_generator(tiny):
+    _, tok = tiny
     probes, _ = _probes(tok, "last")
-    with torch.random.fork_rng():
-        torch.manual_seed(11)
-        a = oar.reasoning_noise(probes, 16, std=1e-3)
-        torch.manual_seed(11)
-        b = oar.reasoning_noise(probes, 16, std=1e-3)
+    a = oar.reasoning_noise(probes, 16, std=1e-3, generator=torch.Generator().manual_seed(11))
+    b = oar.reasoning_noise(probes, 16, std=1e-3, generator=torch.Generator().manual_seed(11))
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert [x.shape for x in a] == [(len(p.positions), 16) for p in probes]
     assert 0.5e-3 < float(torch.cat(a).std()) < 2e-3
 
 
 # ------------------------------------------------------------------ the method's credit
-def test_advantages_multiply_group_norm_by_weights_and_skip_zero_variance_groups(tiny):
-    model, tok = tiny
+def _chains_groups(tok):
     task = ChainsTask(ChainsTaskConfig())
     problem = Problem(id="p", prompt="7+5*3\n", answer="36")
     prompt = tok(problem.prompt, add_special_tokens=False)["input_ids"]
@@ -292,10 +286,22 @@ def test_advantages_multiply_group_norm_by_weights_and_skip_zero_variance_groups
 
     mixed = Group([traj("7+5=12\n12*3=36\nA:36\n"), traj("7+5=13\n13*3=39\nA:39\n"), traj("7+")])
     flat = Group([traj("7+5=11\nA:11\n"), traj("7+5=10\nA:10\n")])  # both wrong: A = 0
-    ledger = Ledger()
-    ctx = SimpleNamespace(model=model, tokenizer=tok, task=task, ledger=ledger)
-    method = oar.Method(oar.Params(importance="perturbation"), ctx)
+    return task, len(prompt), mixed, flat
+
+
+def _method(model, tok, task, importance, seed=0):
+    ctx = MethodContext(model, tok, None, task, Ledger(), None, seed)
+    return oar.Method(oar.Params(importance=importance), ctx)
+
+
+@pytest.mark.parametrize("importance", ["perturbation", "gradient"])
+def test_advantages_multiply_group_norm_by_weights_and_skip_zero_variance_groups(tiny, importance):
+    model, tok = tiny
+    task, n_prompt, mixed, flat = _chains_groups(tok)
+    method = _method(model, tok, task, importance)
+    rng = torch.get_rng_state()
     trained = method.advantages([mixed, flat])
+    assert torch.equal(torch.get_rng_state(), rng)  # the sampling RNG is left alone
     assert trained == mixed.trajectories + flat.trajectories
     norm = group_normalise([1.0, 0.0, 0.0])
     for tr, a in zip(mixed.trajectories[:2], norm[:2], strict=True):
@@ -307,8 +313,34 @@ def test_advantages_multiply_group_norm_by_weights_and_skip_zero_variance_groups
     assert mixed.trajectories[2].advantages == pytest.approx([norm[2]] * 3)  # no answer: w = 1
     assert all(tr.advantages == [0.0] * len(tr.completion_ids) for tr in flat.trajectories)
     assert all("oar" not in tr.meta for tr in flat.trajectories)  # skipped, not computed
-    probe_len = len(prompt) + 17
-    assert ledger.forwarded == {"perturbation": 2 * (1 + 17) * probe_len}
+    probe_len = n_prompt + 17  # prompt + completion before the first answer token
+    per_probe = (1 + 17) * probe_len if importance == "perturbation" else 2 * probe_len
+    assert method.ctx.ledger.forwarded == {importance: 2 * per_probe}
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_oar_g_noise_is_a_function_of_run_seed_and_step(tiny):
+    model, tok = tiny
+    task = ChainsTask(ChainsTaskConfig())
+
+    def first_draw(seed, step):
+        method = _method(model, tok, task, "gradient", seed)
+        method.step = step
+        return torch.randn(4, generator=method.noise_generator())
+
+    assert torch.equal(first_draw(0, 3), first_draw(0, 3))
+    assert not torch.equal(first_draw(0, 3), first_draw(0, 4))
+    assert not torch.equal(first_draw(0, 3), first_draw(1, 3))
+
+    def weights(step):
+        method = _method(model, tok, task, "gradient")
+        method.step = step
+        _, _, mixed, _ = _chains_groups(tok)
+        method.advantages([mixed])
+        return mixed.trajectories[0].advantages
+
+    assert weights(2) == weights(2)
+    assert weights(2) != weights(5)
 
 
 # ----------------------------------------------------------------------- integration

@@ -134,20 +134,25 @@ class ChainsTask:
     def solution(self, problem: Problem) -> str:
         return "".join(self.solution_lines(problem))
 
-    def corrupt(self, problem: Problem, rng: random.Random) -> tuple[str, int]:
+    def corrupt(
+        self, problem: Problem, rng: random.Random, max_tries: int = 20
+    ) -> tuple[str, int]:
         """A failed trace whose first wrong thought is known: ``(text, first_wrong)``.
 
         The error (a wrong result, or a wrong copied operand) is placed at a uniformly
         drawn thought, and later lines carry it forward consistently, as a model's own
         mistakes do. Thought ``length + 1`` is the answer line. Modular products can
-        cancel an error downstream, so a draw whose answer comes out right is redrawn.
+        cancel an error downstream (mod 10, ``*5*2`` maps every value to 0), so a draw
+        whose answer comes out right is redrawn; after ``max_tries`` such draws at the
+        chosen thought the error goes on the answer line, which always fails.
         """
         n = problem.meta["length"]
         k = rng.randint(1, n + 1)
-        while True:
+        for _ in range(max_tries):
             text = self._corrupt_at(problem, k, rng)
             if self.reward(problem, text) == 0:
                 return text, k
+        return self._corrupt_at(problem, n + 1, rng), n + 1
 
     def _corrupt_at(self, problem: Problem, k: int, rng: random.Random) -> str:
         c, m = self.cfg, problem.meta
