@@ -3,8 +3,7 @@
 Both trainers start from the same warm-started tiny model on the chains testbed and
 see the same prompts in the same order, with the same settings: prompts per step,
 group size, ``max_new_tokens`` / ``max_completion_length``, EOS stopping, temperature
-1.0, top-p 1.0, no top-k (ours leaves it unset, so transformers applies its default
-top-k 50, a no-op on the character vocabulary of fewer than 50 tokens), the same
+1.0, top-p 1.0, no top-k, the same
 prompt ids (chat template), plain ``model.generate`` (no vLLM), loss ``grpo`` with
 beta 0 and epsilon 0.2, learning rate, AdamW (unfused, as ours), gradient clipping
 1.0, one optimiser step per generation batch, float32, no activation checkpointing,

@@ -32,7 +32,9 @@ class Ledger:
         for book, n in ((self.generated, generated), (self.forwarded, forwarded)):
             if n:
                 if book.get(src, 0) < n:
-                    raise ValueError(f"cannot move {n} tokens from {src!r}: it holds {book.get(src, 0)}")
+                    raise ValueError(
+                        f"cannot move {n} tokens from {src!r}: it holds {book.get(src, 0)}"
+                    )
                 book[src] -= n
                 book[dst] += n
                 if book[src] == 0:

@@ -69,9 +69,7 @@ def evaluate_suite(
         fewshot_random_seed=seed,
     )
     task_results = results["results"][suite]
-    metrics = {
-        k.split(",")[0]: v for k, v in task_results.items() if isinstance(v, (int, float))
-    }
+    metrics = {k.split(",")[0]: v for k, v in task_results.items() if isinstance(v, (int, float))}
     record = {
         "suite": suite,
         "model": str(model_dir),

@@ -37,7 +37,13 @@ from creditbench.model import default_device, load_policy, load_tokenizer, save_
 from creditbench.rollouts import Batch
 from creditbench.sampling import Sampler
 from creditbench.tasks import make_task
-from creditbench.utils import atomic_write_json, rng_state, seed_everything, set_rng_state
+from creditbench.utils import (
+    atomic_write_json,
+    code_version,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 CKPT_DONE = "COMPLETE"
@@ -356,6 +362,7 @@ class Trainer:
                 "seed": self.seed,
                 "steps": self.step,
                 "train_seconds": self.elapsed,
+                "code": code_version(),
             }
         )
         shutil.copyfile(self.partial_metrics, self.out_dir / ".metrics.jsonl.tmp")

@@ -68,3 +68,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def code_version() -> dict[str, str | None]:
+    """The package version and, in a git checkout, the commit and whether it was dirty."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("creditbench")
+    except PackageNotFoundError:
+        pkg = None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+        dirty = (
+            bool(
+                subprocess.run(
+                    ["git", "status", "--porcelain", "--untracked-files=no"],
+                    cwd=root,
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.strip()
+            )
+            if commit
+            else None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"package": pkg, "commit": commit, "dirty": dirty}

@@ -134,9 +134,7 @@ class ChainsTask:
     def solution(self, problem: Problem) -> str:
         return "".join(self.solution_lines(problem))
 
-    def corrupt(
-        self, problem: Problem, rng: random.Random, max_tries: int = 20
-    ) -> tuple[str, int]:
+    def corrupt(self, problem: Problem, rng: random.Random, max_tries: int = 20) -> tuple[str, int]:
         """A failed trace whose first wrong thought is known: ``(text, first_wrong)``.
 
         The error (a wrong result, or a wrong copied operand) is placed at a uniformly
