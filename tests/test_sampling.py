@@ -120,7 +120,8 @@ def test_newline_stop_ends_after_the_first_newline(model, tok):
 
 def test_greedy_newline_stop_is_the_unstopped_output_cut_at_its_first_newline(sampler, tok):
     nl = tok.convert_tokens_to_ids("\n")
-    contexts = ctxs(sampler)
+    # many short contexts, so that some greedy continuations of the random model hold a newline
+    contexts = ctxs(sampler) + [sampler.encode(a + b) for a in "0123456789" for b in "+-*=A:"]
     free = greedy(sampler, contexts, max_new_tokens=40)
     stopped = greedy(sampler, contexts, max_new_tokens=40, stop=["\n"])
     cut_any = False
