@@ -5,7 +5,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "experiments/default.yaml"
+configfile: workflow.source_path("experiments/default.yaml")
 
 
 report: "experiments/report/workflow.rst"
@@ -17,7 +17,7 @@ include: "experiments/rules/analysis.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.tables.output,
         rules.figures.output,
-    default_target: True

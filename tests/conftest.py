@@ -29,7 +29,9 @@ SMALL = {
         "long_min_len": 5,
         "long_max_len": 5,
     },
-    "model": {"tiny": {"hidden_size": 96, "num_layers": 3, "num_heads": 4, "intermediate_size": 288}},
+    "model": {
+        "tiny": {"hidden_size": 96, "num_layers": 3, "num_heads": 4, "intermediate_size": 288}
+    },
     # ~45% greedy / ~40% sampled accuracy, most 8-sample groups mixed
     "warm_start": {
         "steps": 600,

@@ -327,7 +327,6 @@ def test_fallback_tops_up_with_fresh_rollouts_when_max_attempts_is_below_n():
     assert [c[:2] for c in sampler.calls] == [("seed", 5), ("seed", 1), ("rollout", 2)]
     # all six search draws were moved to rollout; the seed search cost nothing
     assert sampler.ledger.generated == {
-        "seed": 0,
         "rollout": 7 * n_tok(right(P0)) + n_tok(wrong(P0, 2)),
     }
 

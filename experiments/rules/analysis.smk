@@ -1,20 +1,10 @@
 # Analysis: comparison tables and figures over every run x seed (x suite).
 # Rules are thin: each calls the analysis package (python -m analysis.<module>).
-from pathlib import Path
 
 # The run every other run is compared to (differences, paired tests, compute ratios); a
 # config without it gets tables without those columns.
 BASELINE = "grpo"
 RUN_DIR = f"{R}/runs/{{run}}/seed{{seed}}"
-
-
-def experiment_dir(wildcards, input):
-    """results/<experiment>, from a ledger's path: <experiment>/runs/<run>/seed<k>/ledger.json."""
-    return str(Path(input.ledgers[0]).parents[3])
-
-
-def output_dir(wildcards, output):
-    return str(Path(output[0]).parent)
 
 
 rule tables:

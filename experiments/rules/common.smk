@@ -36,3 +36,22 @@ if not Path(CONFIG).is_file() or Path(CONFIG).read_text() != _resolved:
 def run_params(wildcards):
     """A run's resolved settings: a change re-runs its jobs (Snakemake's params trigger)."""
     return EXP.run(wildcards.run).model_dump_json()
+
+
+def experiment_dir(wildcards, input):
+    """results/<experiment>, from a ledger's path: <experiment>/runs/<run>/seed<k>/ledger.json."""
+    return str(Path(input.ledgers[0]).parents[3])
+
+
+def output_dir(wildcards, output):
+    return str(Path(output[0]).parent)
+
+
+def input_dir(key):
+    """A param: the directory of one of a job's input files."""
+    return lambda wildcards, input: str(Path(getattr(input, key)).parent)
+
+
+def output_dir_of(key):
+    """A param: the directory of one of a job's output files."""
+    return lambda wildcards, output: str(Path(getattr(output, key)).parent)

@@ -7,8 +7,6 @@ rule data:
         train=f"{R}/data/train.jsonl",
         test=f"{R}/data/test.jsonl",
         test_long=f"{R}/data/test_long.jsonl",
-    params:
-        task=EXP.task.model_dump_json(),
     log:
         f"{R}/logs/data.log",
     benchmark:
@@ -16,8 +14,12 @@ rule data:
     threads: 1
     resources:
         gpu=0,
+    params:
+        cfg=CONFIG,
+        out=output_dir_of("train"),
+        task=EXP.task.model_dump_json(),
     shell:
-        "creditbench data -c {CONFIG} --out {R}/data > {log} 2>&1"
+        "creditbench data -c {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule warmstart:
@@ -27,10 +29,6 @@ rule warmstart:
     output:
         model=f"{R}/base/config.json",
         record=f"{R}/base/warmstart.json",
-    params:
-        settings=json.dumps(
-            [EXP.task.model_dump(), EXP.model.model_dump(), EXP.warm_start.model_dump()]
-        ),
     log:
         f"{R}/logs/warmstart.log",
     benchmark:
@@ -38,8 +36,19 @@ rule warmstart:
     threads: workflow.cores
     resources:
         gpu=GPU,
+    params:
+        cfg=CONFIG,
+        data=input_dir("train"),
+        out=output_dir_of("model"),
+        settings=json.dumps(
+            [
+                EXP.task.model_dump(),
+                EXP.model.model_dump(),
+                EXP.warm_start.model_dump(),
+            ]
+        ),
     shell:
-        "creditbench --threads {threads} warmstart -c {CONFIG} --data {R}/data --out {R}/base"
+        "creditbench --threads {threads} warmstart -c {params.cfg} --data {params.data} --out {params.out}"
         " > {log} 2>&1"
 
 
@@ -51,9 +60,6 @@ rule train:
         model=f"{R}/runs/{{run}}/seed{{seed}}/model/config.json",
         metrics=f"{R}/runs/{{run}}/seed{{seed}}/metrics.jsonl",
         ledger=f"{R}/runs/{{run}}/seed{{seed}}/ledger.json",
-    params:
-        run=run_params,
-        out=lambda w: f"{R}/runs/{w.run}/seed{w.seed}",
     log:
         f"{R}/logs/train/{{run}}/seed{{seed}}.log",
     benchmark:
@@ -61,19 +67,24 @@ rule train:
     threads: 1
     resources:
         gpu=GPU,
+    params:
+        cfg=CONFIG,
+        init=input_dir("base"),
+        data=input_dir("train"),
+        out=output_dir_of("ledger"),
+        run=run_params,
     shell:
-        "creditbench --threads {threads} train -c {CONFIG} --run {wildcards.run}"
-        " --seed {wildcards.seed} --init {R}/base --data {R}/data --out {params.out}"
+        "creditbench --threads {threads} train -c {params.cfg} --run {wildcards.run}"
+        " --seed {wildcards.seed} --init {params.init} --data {params.data} --out {params.out}"
         " > {log} 2>&1"
 
 
 rule evaluate:
     input:
         model=rules.train.output.model,
+        test=rules.data.output.test,
     output:
         result=f"{R}/runs/{{run}}/seed{{seed}}/eval/{{suite}}.json",
-    params:
-        eval=EXP.eval.model_dump_json(),
     log:
         f"{R}/logs/eval/{{run}}/seed{{seed}}/{{suite}}.log",
     benchmark:
@@ -81,7 +92,12 @@ rule evaluate:
     threads: 1
     resources:
         gpu=GPU,
+    params:
+        cfg=CONFIG,
+        data=input_dir("test"),
+        model=input_dir("model"),
+        eval=EXP.eval.model_dump_json(),
     shell:
-        "creditbench --threads {threads} evaluate -c {CONFIG} --data {R}/data"
-        " --model {R}/runs/{wildcards.run}/seed{wildcards.seed}/model --suite {wildcards.suite}"
+        "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
+        " --model {params.model} --suite {wildcards.suite}"
         " --out {output.result} > {log} 2>&1"
