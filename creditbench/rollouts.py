@@ -103,7 +103,7 @@ def thought_token_ends(ids: list[int], tokenizer, segment) -> list[int]:
     if not bounds:
         return []
     ends, j = [], 0
-    lengths = _decoded_lengths(ids, tokenizer)
+    lengths = decoded_lengths(ids, tokenizer)
     for b in bounds:
         while j < len(ids) and lengths[j] < b:
             j += 1
@@ -113,7 +113,7 @@ def thought_token_ends(ids: list[int], tokenizer, segment) -> list[int]:
     return ends
 
 
-def _decoded_lengths(ids: list[int], tokenizer) -> list[int]:
+def decoded_lengths(ids: list[int], tokenizer) -> list[int]:
     """``len(decode(ids[:j+1]))`` for every j, in one pass when tokens decode independently."""
     pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
     joined = "".join(pieces)

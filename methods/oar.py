@@ -66,7 +66,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from creditbench.rollouts import Group, Trajectory, _decoded_lengths, group_normalise
+from creditbench.rollouts import Group, Trajectory, decoded_lengths, group_normalise
 
 DEFAULTS = {"loss": {"clip": True, "epsilon": 0.2, "beta": 0.0, "aggregation": "grpo"}}
 
@@ -361,7 +361,7 @@ class Method:
         char_span = self.ctx.task.answer_span(traj.text)
         if char_span is None:
             return None
-        ends = _decoded_lengths(traj.completion_ids, self.ctx.tokenizer)
+        ends = decoded_lengths(traj.completion_ids, self.ctx.tokenizer)
         answer = answer_token_span(ends, char_span)
         span = reasoning_span(answer[0], traj.thought_ends, self.params.reasoning_span)
         if span[1] <= span[0]:
