@@ -307,3 +307,18 @@ def test_bundled_default_experiment_is_valid():
     cfg = load_experiment(Path(__file__).resolve().parent.parent / "experiments" / "default.yaml")
     assert "grpo" in cfg.runs
     assert cfg.run("grpo").loss.clip is True
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "smoke"])
+def test_every_shipped_experiment_config_validates_with_all_its_runs(name):
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"
+    cfg = load_experiment(path)
+    assert cfg.experiment == name
+    runs = cfg.all_runs()
+    assert "grpo" in runs
+    if name != "smoke":
+        assert {"vineppo", "ibpo", "oar_p", "oar_g", "rrpo_1x4", "srpo_1x4", "srpo_2x4"} <= set(
+            runs
+        )
+        assert {"srpo_1x8", "srpo_1x4_clip", "srpo_oracle_1x4"} <= set(runs)
+        assert runs["srpo_1x4"].loss.clip is False and runs["srpo_1x4_clip"].loss.clip is True
