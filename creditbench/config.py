@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -63,7 +72,35 @@ class ChainsTaskConfig(Strict):
         return self
 
 
-TaskConfig = ChainsTaskConfig
+class MathTaskConfig(Strict):
+    """Math problems from a hub dataset or a local file; answers checked with math-verify.
+
+    Fields beyond ``name`` are defined by ``creditbench/tasks/math.py``'s needs.
+    """
+
+    name: Literal["math"]
+
+
+class CodeTaskConfig(Strict):
+    """Programming problems with tests; the reward runs the program in the sandbox."""
+
+    name: Literal["code"]
+
+
+_TASK_TAGS = ("chains", "math", "code")
+
+
+def _task_name(v: Any) -> str:
+    return v.get("name", "chains") if isinstance(v, dict) else getattr(v, "name", "chains")
+
+
+# a task section is told apart by its ``name``; a section without one is the testbed
+TaskConfig = Annotated[
+    Annotated[ChainsTaskConfig, Tag("chains")]
+    | Annotated[MathTaskConfig, Tag("math")]
+    | Annotated[CodeTaskConfig, Tag("code")],
+    Discriminator(_task_name),
+]
 
 
 # -------------------------------------------------------------------------- model
@@ -129,12 +166,18 @@ class WarmStartConfig(Strict):
     ``skills``: what the second phase teaches on corrupted traces (``localisation``:
     name the first wrong thought, SRPO; ``revision``: compare-and-correct, IBPO), in
     equal shares, with ``replay_fraction`` of solving examples mixed in.
+
+    ``demo_error_rate``: the share of solving demonstrations that carry one planted
+    wrong thought (the task's ``corrupt``), as demonstrations from an imperfect teacher
+    do. The policy then slips at a controlled rate that outcome RL can learn to avoid,
+    and the step oracle knows where each slip is. 0 imitates only correct solutions.
     """
 
     steps: NonNegInt = 720
     skill_steps: NonNegInt = 300
     skills: list[Literal["localisation", "revision"]] = ["localisation", "revision"]
     replay_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    demo_error_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 2e-3
     warmup_steps: NonNegInt = 50
@@ -308,7 +351,12 @@ def _deep_merge(*layers: dict[str, Any]) -> dict[str, Any]:
 def _format_errors(err: ValidationError, prefix: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        parts = [str(p) for p in (prefix, *e["loc"]) if p != ""]
+        # a tagged union (the task section) puts its tag in the path: leave it out
+        parts = [
+            p for i, p in enumerate(parts) if not (i and parts[i - 1] == "task" and p in _TASK_TAGS)
+        ]
+        loc = ".".join(parts)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling)"

@@ -82,7 +82,11 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
 
     def solving_pair():
         p = rng.choice(train)
-        return encode_prompt(p.prompt), encode(task.solution(p)) + eos
+        if ws.demo_error_rate and rng.random() < ws.demo_error_rate:
+            target = task.corrupt(p, rng)[0]  # an imperfect demonstration
+        else:
+            target = task.solution(p)
+        return encode_prompt(p.prompt), encode(target) + eos
 
     def localisation_pair():
         p = rng.choice(train)

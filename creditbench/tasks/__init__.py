@@ -69,4 +69,12 @@ def make_task(cfg: TaskConfig, data_dir: str | Path | None = None):
         from creditbench.tasks.chains import ChainsTask
 
         return ChainsTask(cfg, data_dir)
+    if cfg.name == "math":
+        from creditbench.tasks.math import MathTask
+
+        return MathTask(cfg, data_dir)
+    if cfg.name == "code":
+        from creditbench.tasks.code import CodeTask
+
+        return CodeTask(cfg, data_dir)
     raise ValueError(f"unknown task {cfg.name!r}")
