@@ -1,59 +1,181 @@
 """Final evaluation through EleutherAI's lm-evaluation-harness.
 
-Suites are lm-eval tasks found by a ``TaskManager`` over ``experiments/tasks/``;
-local-JSONL suites (the testbed's) get their data file pointed at the
-experiment's data directory. The HF backend is the default; ``backend: vllm``
-uses lm-eval's vLLM model (GPU, optional extra). Per-sample outputs are logged
-next to the result for later analysis.
+Suites are lm-eval tasks (or groups of them) found by a ``TaskManager`` over
+``experiments/tasks/``: the testbed's local-JSONL suites (``chains_*``) and the
+real benchmarks (``cb_*``: math, science, strategy, commonsense, code). Any suite
+can be pointed at a local data file in its dataset's own format (``data_file``);
+without one, the real benchmarks load from the Hugging Face Hub. The HF backend is
+the default; ``backend: vllm`` uses lm-eval's vLLM model (GPU, optional extra).
+Per-sample outputs are logged next to the result for later analysis.
+
+The answer checks that the suites' ``utils.py`` share live here too: the last
+``\\boxed{}`` of a response, a math answer checked with math-verify, a letter or a
+yes/no, and the code block of a program.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from creditbench.utils import atomic_write_json, atomic_write_text
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "experiments" / "tasks"
 
+# a local file's loader (the `datasets` builder) by suffix; compressed files keep their loader
+LOADERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".zip"}
+# keys of a split other than the test split: a local file holds one split only
+_OTHER_SPLITS = ("training_split", "validation_split", "fewshot_split")
+# a suite's headline metric, first found
+HEADLINE = ("acc", "exact_match", "pass@1")
 
-def suite_spec(task_manager, suite: str, data_file: str | Path | None) -> str | dict:
-    """A registered suite by name, or its full config with the local data file substituted."""
+DataFiles = str | Path | Mapping[str, str | Path]
+
+
+def local_loader(path: str | Path) -> str:
+    """The `datasets` loader for a local data file, by its suffix."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    while suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes.pop()
+    if not suffixes or suffixes[-1] not in LOADERS:
+        raise ValueError(
+            f"local data file {str(path)!r}: suffix not one of {sorted(LOADERS)} "
+            "(optionally compressed)"
+        )
+    return LOADERS[suffixes[-1]]
+
+
+def with_local_data(cfg: dict, data_file: str | Path) -> dict:
+    """A task config reading its test split from a local file in the dataset's own format.
+
+    ``dataset_path`` becomes the loader (json/parquet/csv), ``dataset_name`` and the
+    hub's ``dataset_kwargs`` go, the file is mapped to the task's test split (or its
+    validation split where it evaluates on that), and the other splits are unset.
+    """
+    path = Path(data_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"local data file {str(path)!r} does not exist")
+    cfg = dict(cfg)
+    split = cfg.get("test_split") or cfg.get("validation_split") or "test"
+    if not cfg.get("test_split"):
+        cfg["validation_split"] = split
+    cfg["dataset_path"] = local_loader(path)
+    cfg["dataset_name"] = None
+    cfg["dataset_kwargs"] = {"data_files": {split: str(path.resolve())}}
+    for key in _OTHER_SPLITS:
+        if cfg.get(key) not in (None, split):
+            cfg[key] = None
+    return cfg
+
+
+def suite_spec(task_manager, suite: str, data_file: DataFiles | None) -> str | dict:
+    """A registered suite by name, or its full config with local data substituted.
+
+    ``data_file``: ``None`` (the suite's own dataset, e.g. from the hub), a path (a
+    task's test data), or a mapping ``{task: path}`` (a task, or any members of a
+    group; members not named keep their own dataset). A group is returned by name, its
+    members' entries in ``task_manager``'s index replaced by their local configs.
+    """
     if data_file is None:
         return suite
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    cfg = load_yaml(task_manager.task_index[suite].yaml_path, resolve_func=True)
-    cfg["dataset_kwargs"] = {"data_files": {cfg.get("test_split", "test"): str(data_file)}}
-    return cfg
+    entry = task_manager.task_index.get(suite)
+    if entry is None or entry.yaml_path is None:
+        raise ValueError(f"suite {suite!r} has no YAML config to point at a local file")
+    cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    if "group" in cfg:
+        if not isinstance(data_file, Mapping):
+            raise ValueError(
+                f"suite {suite!r} is a group: give its local data as {{task: path}}, "
+                f"tasks {cfg['task']}"
+            )
+        members = [t["task"] if isinstance(t, dict) else t for t in cfg["task"]]
+        unknown = set(data_file) - set(members)
+        if unknown:
+            raise ValueError(f"group {suite!r} has no tasks {sorted(unknown)}; it has {members}")
+        # lm-eval hands an inline group's whole config to its members as overrides, so the
+        # group goes by name and its members' index entries carry the local configs
+        for t in data_file:
+            member = suite_spec(task_manager, t, {t: data_file[t]})
+            if not isinstance(member, dict) or "task" not in member:
+                raise ValueError(f"group {suite!r}: member {t!r} is not a task")
+            task_manager.task_index[t] = replace(
+                task_manager.task_index[t], yaml_path=None, cfg=member
+            )
+        return suite
+    if isinstance(data_file, Mapping):
+        if set(data_file) != {suite}:
+            raise ValueError(f"local data for suite {suite!r} given for {sorted(data_file)}")
+        data_file = data_file[suite]
+    return with_local_data(cfg, data_file)
+
+
+def _leaf_tasks(results: dict, suite: str) -> list[str]:
+    """The tasks whose samples make up a suite: itself, or a group's members (recursively)."""
+    if suite in results.get("samples", {}):
+        return [suite]
+    tasks = []
+    for sub in results.get("group_subtasks", {}).get(suite, []):
+        tasks += _leaf_tasks(results, sub)
+    return tasks
+
+
+def suite_task_manager(suite: str, tasks_dir: str | Path = TASKS_DIR):
+    """A ``TaskManager`` that knows ``suite``: over ``tasks_dir`` alone when the suite and
+    (for a group) its members are there, else with lm-eval's own tasks too (indexing
+    those takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    ours = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    entry = ours.task_index.get(suite)
+    members = (entry.cfg or {}).get("task", []) if entry is not None else []
+    if entry is not None and all(
+        (m.get("task") if isinstance(m, dict) else m) in ours.task_index
+        for m in (members if isinstance(members, list) else [])
+    ):
+        return ours
+    task_manager = TaskManager(include_path=str(tasks_dir))
+    if suite not in task_manager.all_tasks:
+        raise ValueError(
+            f"unknown evaluation suite {suite!r}; tasks under {tasks_dir} and lm-eval's"
+        )
+    return task_manager
 
 
 def evaluate_suite(
     model_dir: str | Path,
     suite: str,
     out: str | Path,
-    data_file: str | Path | None = None,
+    data_file: DataFiles | None = None,
     backend: str = "hf",
     limit: int | None = None,
     batch_size: int = 64,
-    max_length: int = 512,
+    max_length: int | None = 512,
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
     tasks_dir: str | Path = TASKS_DIR,
+    max_gen_toks: int | None = None,
 ) -> dict:
-    """Run one suite on one model with lm-eval; write the result and its samples."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    """Run one suite (a task or a group) on one model with lm-eval; write the result and samples.
 
-    task_manager = TaskManager(include_path=str(tasks_dir))
-    if suite not in task_manager.all_tasks:
-        raise ValueError(
-            f"unknown evaluation suite {suite!r}; tasks under {tasks_dir} and lm-eval's"
-        )
+    ``data_file``: see :func:`suite_spec`. ``max_length``: the HF backend's context
+    length (prompt + generation; ``None``: the model's own). ``max_gen_toks``: overrides
+    every task's generation budget. ``limit`` applies per task.
+    """
+    from lm_eval import simple_evaluate
+
+    task_manager = suite_task_manager(suite, tasks_dir)
     model_args = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "hf":
-        model_args.update(device=device, max_length=max_length)
+        model_args["device"] = device
+        if max_length is not None:
+            model_args["max_length"] = max_length
     results = simple_evaluate(
         model=backend,
         model_args=model_args,
@@ -63,36 +185,191 @@ def evaluate_suite(
         limit=limit,
         log_samples=True,
         apply_chat_template=True,
+        gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
-    task_results = results["results"][suite]
-    metrics = {k.split(",")[0]: v for k, v in task_results.items() if isinstance(v, (int, float))}
+    return write_suite_result(results, suite, model_dir, backend, out)
+
+
+def write_suite_result(results: dict, suite: str, model_dir, backend: str, out) -> dict:
+    """The suite's record (headline accuracy, per-task metrics) and its samples, written."""
+
+    def numbers(task_results: dict) -> dict:
+        return {
+            k.split(",")[0]: v
+            for k, v in task_results.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+
+    metrics = numbers(results["results"][suite])
+    headline = next((m for m in HEADLINE if m in metrics), None)
+    tasks = _leaf_tasks(results, suite)
     record = {
         "suite": suite,
         "model": str(model_dir),
         "backend": f"lm-eval/{backend}",
-        "accuracy": metrics.get("acc", metrics.get("exact_match")),
-        "stderr": metrics.get("acc_stderr", metrics.get("exact_match_stderr")),
-        "n": len(results["samples"][suite]),
+        "accuracy": metrics.get(headline) if headline else None,
+        "stderr": metrics.get(f"{headline}_stderr") if headline else None,
+        "n": sum(len(results["samples"][t]) for t in tasks),
         "metrics": metrics,
     }
+    if tasks != [suite]:
+        record["tasks"] = {t: numbers(results["results"][t]) for t in tasks}
+    lines = []
+    for t in tasks:
+        task_metrics = [k for k in numbers(results["results"][t]) if not k.endswith("_stderr")]
+        for s in results["samples"][t]:
+            line = {"doc_id": s["doc_id"]}
+            if tasks != [suite]:
+                line["task"] = t
+            line["target"] = s["target"]
+            line["response"] = s["filtered_resps"][0] if s["filtered_resps"] else None
+            line.update({k: s[k] for k in task_metrics if k in s})
+            lines.append(json.dumps(line, default=str) + "\n")
     out = Path(out)
-    samples = "".join(
-        json.dumps(
-            {
-                "doc_id": s["doc_id"],
-                "target": s["target"],
-                "response": s["filtered_resps"][0] if s["filtered_resps"] else None,
-                **{k: s[k] for k in metrics if k in s},
-            },
-            default=str,
-        )
-        + "\n"
-        for s in results["samples"][suite]
-    )
-    atomic_write_text(out.with_suffix(".samples.jsonl"), samples)
+    atomic_write_text(out.with_suffix(".samples.jsonl"), "".join(lines))
     atomic_write_json(out, record)
     return record
+
+
+# ------------------------------------------------------------ answer checking
+# Shared by the suites' process_results (experiments/tasks/*/utils.py).
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_FINAL_ANSWER = re.compile(r"(?i)final answer\s*(?:is|:)\s*:?\s*(.+)")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched.
+
+    ``None`` when there is none, or when the last one is never closed.
+    """
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    depth, start = 1, starts[-1]
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i].strip()
+    return None
+
+
+def final_answer(text: str) -> str | None:
+    """A response's final answer: its last ``\\boxed{}``, else a last "final answer is X" line."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    stated = _FINAL_ANSWER.findall(text)
+    if not stated:
+        return None
+    answer = stated[-1].strip()
+    inline = re.search(r"\$([^$]+)\$", answer)
+    answer = inline.group(1) if inline else answer
+    return answer.strip().rstrip(".").strip() or None
+
+
+def _plain(text: str) -> str:
+    """Math-mode wrappers and dollars removed: ``\\text{(B)}`` -> ``(B)``."""
+    previous = None
+    while previous != text:
+        previous, text = text, _TEXT_WRAPPER.sub(r"\1", text)
+    return text.replace("$", "").strip()
+
+
+def math_equal(answer: str, gold: str) -> bool:
+    """``answer`` and ``gold`` (LaTeX or plain) equal by math-verify; by text where unparseable."""
+    from math_verify import parse, verify
+
+    try:
+        gold_parsed = parse(f"\\boxed{{{gold}}}")
+        answer_parsed = parse(f"\\boxed{{{answer}}}")
+        if gold_parsed and answer_parsed:
+            return bool(verify(gold_parsed, answer_parsed))
+    except Exception:  # math-verify's parser or timeout on odd input
+        pass
+    return re.sub(r"\s+", "", _plain(answer)) == re.sub(r"\s+", "", _plain(gold))
+
+
+def score_math(response: str, gold: str) -> float:
+    """1.0 when the response's final answer (see :func:`final_answer`) equals ``gold``."""
+    answer = final_answer(response)
+    return float(answer is not None and math_equal(answer, str(gold)))
+
+
+OPTION_LETTERS = "ABCDEFGH"
+
+
+def choice_prompt(question: str, options: list[str]) -> str:
+    """A multiple-choice question with lettered options and the ``\\boxed{}`` instruction."""
+    if not 2 <= len(options) <= len(OPTION_LETTERS):
+        raise ValueError(
+            f"{len(options)} options; between 2 and {len(OPTION_LETTERS)} can be lettered"
+        )
+    letters = OPTION_LETTERS[: len(options)]
+    listed = ", ".join(letters[:-1]) + f" or {letters[-1]}"
+    lines = "\n".join(
+        f"{letter}. {str(o).strip()}" for letter, o in zip(letters, options, strict=True)
+    )
+    return (
+        "Answer the following multiple-choice question. Think step by step, then put the "
+        f"letter of the correct option ({listed}) within \\boxed{{}}, e.g. \\boxed{{A}}.\n\n"
+        f"Question: {question.strip()}\n\n{lines}"
+    )
+
+
+def choice_answer(response: str, letters: str = "ABCDE") -> str | None:
+    """The option letter a response chose: ``\\boxed{B}`` (also ``(B)``, ``\\text{B}``,
+    ``B. text``), else a last "answer is B" / "answer: (B)". ``None`` when there is none."""
+    boxed = last_boxed(response)
+    if boxed is not None:
+        content = _plain(boxed)
+        m = re.fullmatch(r"\(?([A-Za-z])\)?\.?", content) or re.match(
+            r"\(?([A-Z])\)?[.:)]\s", content
+        )
+        letter = m.group(1).upper() if m else None
+    else:
+        stated = re.findall(r"[Aa]nswer\s*(?:is|:)\s*:?\s*\**\s*\(?([A-Z])\)?(?![\w])", response)
+        letter = stated[-1] if stated else None
+    return letter if letter is not None and letter in letters else None
+
+
+def yes_no_answer(response: str) -> str | None:
+    """``"yes"`` or ``"no"``: ``\\boxed{yes}`` (also True/False), else a last "answer is yes"."""
+    boxed = last_boxed(response)
+    if boxed is not None:
+        word = re.sub(r"[^a-z]", "", _plain(boxed).lower())
+    else:
+        stated = re.findall(r"(?i)\banswer\s*(?:is|:)\s*:?\s*\**\s*(yes|no|true|false)\b", response)
+        word = stated[-1].lower() if stated else None
+    return {"yes": "yes", "true": "yes", "no": "no", "false": "no"}.get(word or "")
+
+
+_CODE_BLOCK = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.S)
+
+
+def code_block(response: str, name: str | None = None) -> str | None:
+    """The program in a response's fenced Python (or unlabelled) code block.
+
+    The last block that defines ``name`` when given and one does, else the last block;
+    ``None`` without a closed block.
+    """
+    blocks = [
+        code
+        for lang, code in _CODE_BLOCK.findall(response)
+        if lang.lower() in ("", "python", "py", "python3")
+    ]
+    if not blocks:
+        return None
+    if name:
+        defining = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", b, re.M)]
+        if defining:
+            return defining[-1]
+    return blocks[-1]
