@@ -82,9 +82,80 @@ class MathTaskConfig(Strict):
 
 
 class CodeTaskConfig(Strict):
-    """Programming problems with tests; the reward runs the program in the sandbox."""
+    """Programming problems with tests; the reward runs the program in the sandbox.
+
+    ``train`` / ``test``: where each split's problems come from (``CodeData``): records in
+    the MBPP format (``text`` or ``prompt``, ``code``, ``test_list``, ``test_setup_code``
+    or ``test_imports``) or the HumanEval format (``prompt``, ``canonical_solution``,
+    ``test``, ``entry_point``), told apart per record.
+    ``prompt_template``: the user message per format; ``{problem}`` is replaced by the
+    MBPP task text or the HumanEval function prompt, ``{tests}`` by MBPP's asserts (one
+    per line; empty for HumanEval) and ``{entry_point}`` by the function under test
+    (other braces are literal). A format left out keeps its default, the prompt of the
+    ``cb_mbpp`` / ``cb_humaneval`` evaluation suites. ``system_prompt``: an optional
+    system message. ``timeout_s`` / ``memory_mb``: the sandbox's wall-clock and memory
+    limits for one program with its tests. ``max_thoughts``: the thought cap (a thought
+    is a line; later lines join the last thought); none by default. ``suite``: the name
+    of the local evaluation suite on the test split.
+    """
+
+    class CodeData(Strict):
+        """One split's problems: a hub dataset (``source: google-research-datasets/mbpp``,
+        ``config: full``, ``split: train``) or a local ``.jsonl`` / ``.json`` /
+        ``.parquet`` file (``.jsonl.gz`` / ``.json.gz`` too; one split: ``config`` and
+        ``split`` are then ignored). ``limit``: a random subsample of this many problems,
+        drawn with ``subsample_seed``.
+        """
+
+        source: Annotated[str, Field(min_length=1)]
+        config: str | None = None
+        split: str = "train"
+        limit: PositiveInt | None = None
+        subsample_seed: int = 0
+
+        @field_validator("source")
+        @classmethod
+        def _source(cls, v: str) -> str:
+            suffixes = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+            if v.lower().endswith(suffixes) or re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", v):
+                return v
+            raise ValueError(
+                f"data source {v!r} is neither a local {'/'.join(suffixes)} file "
+                "nor a hub dataset id ('org/name')"
+            )
 
     name: Literal["code"]
+    train: CodeData
+    test: CodeData
+    suite: Annotated[str, Field(pattern=r"^[\w.-]+$")] = "code_test"
+    prompt_template: dict[Literal["mbpp", "humaneval"], str] = {
+        "mbpp": (
+            "You are an expert Python programmer, and here is your task: {problem} Your code "
+            "should pass these tests:\n\n{tests}\n\nWrite the function in Python, in a single "
+            "```python code block."
+        ),
+        "humaneval": (
+            "Complete the following Python function. Write the whole function (its signature, "
+            "body and any imports it needs) in a single ```python code block.\n\n"
+            "```python\n{problem}\n```"
+        ),
+    }
+    system_prompt: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    memory_mb: Annotated[int, Field(ge=64)] = 1024
+    max_thoughts: PositiveInt | None = None
+
+    @field_validator("prompt_template", mode="before")
+    @classmethod
+    def _templates(cls, v: Any) -> Any:
+        """A format left out keeps its default; every template must show ``{problem}``."""
+        if not isinstance(v, dict):
+            return v
+        merged = {**cls.model_fields["prompt_template"].default, **v}
+        for fmt, template in merged.items():
+            if isinstance(template, str) and "{problem}" not in template:
+                raise ValueError(f"prompt_template.{fmt} must contain '{{problem}}'")
+        return merged
 
 
 _TASK_TAGS = ("chains", "math", "code")
