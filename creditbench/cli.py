@@ -81,8 +81,13 @@ def cmd_evaluate(cfg, args):
         from creditbench.lmeval import evaluate_suite
         from creditbench.model import default_device
 
-        data_file = task.data_dir / f"{split}.jsonl" if split else None
-        if data_file is not None and not data_file.is_file():
+        data_file = task.data_dir / f"{split}.jsonl" if split else ev.data_files.get(args.suite)
+        for f in args.data_file or []:  # [TASK=]PATH from the command line wins
+            task_name, path = f.split("=", 1) if "=" in f else (args.suite, f)
+            data_file = {**(data_file if isinstance(data_file, dict) else {}), task_name: path}
+        if isinstance(data_file, dict) and set(data_file) == {args.suite}:
+            data_file = data_file[args.suite]
+        if isinstance(data_file, Path) and not data_file.is_file():
             raise FileNotFoundError(f"suite {args.suite!r} needs {data_file}")
         result = evaluate_suite(
             model_dir,
@@ -95,6 +100,10 @@ def cmd_evaluate(cfg, args):
             device=str(default_device()),
             dtype=cfg.model.dtype,
             seed=ev.seed,
+            max_length=ev.max_length,
+            max_gen_toks=ev.max_gen_toks,
+            temperature=ev.temperature,
+            samples=ev.samples,
         )
     else:
         from creditbench.evaluate import evaluate_accuracy
@@ -210,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--suite", default="chains_test", help="an lm-eval task name")
     sp.add_argument("--data")
     sp.add_argument("--out")
+    sp.add_argument(
+        "--data-file",
+        action="append",
+        metavar="[TASK=]PATH",
+        help="read the suite (or a group's TASK) from a local json/jsonl/parquet/csv file "
+        "in its dataset's format (overrides eval.data_files)",
+    )
     sp = add("run", cmd_run, "the whole experiment in one process")
     sp.add_argument("--runs", help="comma-separated subset of the config's runs")
     add("methods", cmd_methods, "list the available methods")

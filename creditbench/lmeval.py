@@ -115,6 +115,29 @@ def suite_spec(task_manager, suite: str, data_file: DataFiles | None) -> str | d
     return with_local_data(cfg, data_file)
 
 
+def sampled(cfg: dict, temperature: float, samples: int) -> dict:
+    """A task config that scores ``samples`` completions per problem at ``temperature``.
+
+    Every completion is kept (``take_first_k``) and the suite's ``process_results``
+    sees them all: its metric is then the mean over the ``samples`` completions (mean@k,
+    the expected reward of the sampling policy). Temperature 0 is greedy, one sample.
+    """
+    if temperature == 0:
+        if samples != 1:
+            raise ValueError(f"greedy evaluation takes one sample per problem, not {samples}")
+        return cfg
+    cfg = dict(cfg)
+    gen = dict(cfg.get("generation_kwargs") or {})
+    gen.update(do_sample=True, temperature=temperature)
+    gen.pop("top_k", None)
+    cfg["generation_kwargs"] = gen
+    cfg["repeats"] = samples
+    cfg["filter_list"] = [
+        {"name": f"mean_at_{samples}", "filter": [{"function": "take_first_k", "k": samples}]}
+    ]
+    return cfg
+
+
 def _leaf_tasks(results: dict, suite: str) -> list[str]:
     """The tasks whose samples make up a suite: itself, or a group's members (recursively)."""
     if suite in results.get("samples", {}):
@@ -161,12 +184,15 @@ def evaluate_suite(
     seed: int = 0,
     tasks_dir: str | Path = TASKS_DIR,
     max_gen_toks: int | None = None,
+    temperature: float = 0.0,
+    samples: int = 1,
 ) -> dict:
     """Run one suite (a task or a group) on one model with lm-eval; write the result and samples.
 
     ``data_file``: see :func:`suite_spec`. ``max_length``: the HF backend's context
     length (prompt + generation; ``None``: the model's own). ``max_gen_toks``: overrides
-    every task's generation budget. ``limit`` applies per task.
+    every task's generation budget. ``limit`` applies per task. ``temperature`` > 0:
+    ``samples`` sampled completions per problem, scored by their mean (see :func:`sampled`).
     """
     from lm_eval import simple_evaluate
 
@@ -176,10 +202,23 @@ def evaluate_suite(
         model_args["device"] = device
         if max_length is not None:
             model_args["max_length"] = max_length
+    spec = suite_spec(task_manager, suite, data_file)
+    if temperature > 0:
+        if not isinstance(spec, dict):
+            from lm_eval.tasks._yaml_loader import load_yaml
+
+            entry = task_manager.task_index[suite]
+            spec = load_yaml(entry.yaml_path, resolve_func=True) if entry.yaml_path else None
+            if spec is None or "group" in spec:
+                raise ValueError(
+                    f"sampled evaluation (temperature {temperature}) needs a single task with "
+                    f"a YAML config; {suite!r} is not one"
+                )
+        spec = sampled(spec, temperature, samples)
     results = simple_evaluate(
         model=backend,
         model_args=model_args,
-        tasks=[suite_spec(task_manager, suite, data_file)],
+        tasks=[spec],
         task_manager=task_manager,
         batch_size=batch_size,
         limit=limit,
