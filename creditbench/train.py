@@ -263,6 +263,7 @@ class Trainer:
                 self.eval_problems,
                 self.run.sampling,
                 temperature=self.run.eval.temperature,
+                samples=self.run.eval.samples,
                 seed=self.run.eval.seed,
             )
         self.model.train()
