@@ -72,13 +72,102 @@ class ChainsTaskConfig(Strict):
         return self
 
 
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+
+
+class MathDataConfig(Strict):
+    """One split's problems: a hub dataset (``source: openai/gsm8k``, ``config: main``,
+    ``split: train``) or a local ``.jsonl`` / ``.json`` / ``.parquet`` file (one split;
+    ``config`` and ``split`` are then ignored), read with ``datasets``.
+
+    ``answer_format``: how the gold answer is read from ``answer_field``: ``final`` (the
+    field is the answer), ``boxed`` (a solution's last ``\\boxed{}``, MATH), ``gsm8k``
+    (a solution's ``#### n`` line), ``auto`` (``####`` if present, else ``\\boxed{}``,
+    else the whole field). ``limit``: a random subsample of this many problems, drawn
+    with ``subsample_seed``; ``id_field``: the record's id (default: its index).
+    """
+
+    source: Annotated[str, Field(min_length=1)]
+    config: str | None = None
+    split: str = "train"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    answer_format: Literal["auto", "final", "boxed", "gsm8k"] = "auto"
+    id_field: str | None = None
+    limit: PositiveInt | None = None
+    subsample_seed: int = 0
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v.lower().endswith(_DATA_SUFFIXES) or _HUB_DATASET.match(v):
+            return v
+        raise ValueError(
+            f"data source {v!r} is neither a local {'/'.join(_DATA_SUFFIXES)} file "
+            f"nor a hub dataset id ('org/name')"
+        )
+
+
+# SRPO: a thought ends with the stop pattern the model emits (kept in the text)
+_STOP_TEMPLATE = (
+    "{question}\n\nSolve the problem step by step. End every step with </thought>. "
+    "Put your final answer within \\boxed{}."
+)
+# the usual MATH / GSM8K instruction (Qwen2.5-Math, DeepSeekMath)
+_PLAIN_TEMPLATE = (
+    "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+)
+
+
 class MathTaskConfig(Strict):
     """Math problems from a hub dataset or a local file; answers checked with math-verify.
 
-    Fields beyond ``name`` are defined by ``creditbench/tasks/math.py``'s needs.
+    ``train`` / ``test``: where each split's problems come from (``MathDataConfig``).
+    ``prompt_template``: the user message, ``{question}`` replaced by the problem (other
+    braces are literal, so LaTeX needs no escaping); default per segmenter (``stop``: ask
+    for ``</thought>`` after every step; otherwise the usual step-by-step / ``\\boxed{}``
+    instruction). ``system_prompt``: an optional system message.
+    ``segmenter``: how a completion splits into thoughts (methods.md, Thoughts):
+    ``stop`` (SRPO: a thought ends with ``stop_pattern``, kept), ``lines`` (VinePPO GSM8K:
+    one line per thought, the final answer line joins the last one), ``sentences``
+    (VinePPO MATH: lines and sentence ends, pieces shorter than ``min_thought_chars``
+    merged). ``max_thoughts``: the thought cap (later text joins the last thought);
+    default 20 for ``stop`` (SRPO), none otherwise. ``suite``: the name of the local
+    evaluation suite on the test split.
     """
 
     name: Literal["math"]
+    train: MathDataConfig
+    test: MathDataConfig
+    suite: Annotated[str, Field(pattern=r"^[\w.-]+$")] = "math_test"
+    prompt_template: str | None = None
+    system_prompt: str | None = None
+    segmenter: Literal["stop", "lines", "sentences"] = "stop"
+    stop_pattern: Annotated[str, Field(min_length=1)] = "</thought>"
+    max_thoughts: PositiveInt | None = None
+    min_thought_chars: NonNegInt = 20
+
+    @model_validator(mode="before")
+    @classmethod
+    def _segmenter_defaults(cls, data: Any) -> Any:
+        """Fill the per-segmenter defaults, so a dumped config shows what was used."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        stop = data.get("segmenter", "stop") == "stop"
+        if data.get("prompt_template") is None:
+            data["prompt_template"] = _STOP_TEMPLATE if stop else _PLAIN_TEMPLATE
+        if "max_thoughts" not in data and stop:
+            data["max_thoughts"] = 20
+        return data
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None and v.count("{question}") != 1:
+            raise ValueError(f"prompt_template must contain '{{question}}' exactly once, got {v!r}")
+        return v
 
 
 class CodeTaskConfig(Strict):
@@ -205,7 +294,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelConfig(Strict):
-    """``path``: a local directory or a hub id; ``null`` builds the tiny testbed model."""
+    """``path``: a local directory, a hub id, or a local ``.gguf`` file (converted once into
+    a cached ``save_pretrained`` directory); ``null`` builds the tiny testbed model."""
 
     path: str | None = None
     tiny: TinyModelConfig = TinyModelConfig()
@@ -218,6 +308,10 @@ class ModelConfig(Strict):
         if v is None:
             return v
         p = Path(v).expanduser()
+        if v.lower().endswith(".gguf"):  # a GGUF file, converted once on load (model.py)
+            if not p.is_file():
+                raise ValueError(f"GGUF model file {v!r} does not exist")
+            return v
         if p.exists():
             if not (p / "config.json").is_file():
                 raise ValueError(f"model directory {v!r} has no config.json")

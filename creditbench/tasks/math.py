@@ -1,0 +1,479 @@
+"""The ``math`` task: math word problems (GSM8K, MATH, ...), answers checked with math-verify.
+
+Problems come from a hub dataset or a local ``.jsonl`` / ``.json`` / ``.parquet`` file
+(``task.train`` / ``task.test``, read with ``datasets``). The gold answer is a record's
+final-answer field, or the last ``\\boxed{}`` of a MATH solution, or the ``#### n`` line of
+a GSM8K solution. A problem's prompt is the user message (``prompt_template`` with the
+question filled in); the engine wraps it in the tokenizer's chat template.
+
+Verifier: ``R(y) = 1`` iff the completion's *last* ``\\boxed{...}`` parses and
+``math_verify.verify`` finds it equal to the gold answer (``\\frac12``, ``0.5`` and
+``\\dfrac{1}{2}`` are one answer). Anything else, malformed output included, is 0; the
+verifier never raises. A completion cut off by the length limit is scored 0 by the engine.
+
+Thoughts (methods.md, "Thoughts"), by ``segmenter``; their concatenation is always the
+completion, character for character:
+
+- ``stop`` (SRPO): a thought ends with ``stop_pattern`` (``</thought>``, kept in the
+  thought); text after the last pattern is one more thought.
+- ``lines`` (VinePPO, GSM8K): one thought per line, the newline kept at its end; the
+  final answer line (the last line, when it holds ``\\boxed{`` or ``####``) joins the
+  step before it. [choice] VinePPO's code starts a step with the newline; we end one with
+  it, as the testbed does, so a reset state ends on a complete line.
+- ``sentences`` (VinePPO, MATH): lines, and sentence ends (``.``, ``!``, ``?`` followed by
+  blanks and a capital letter, outside ``$...$`` / ``\\(...\\)`` / ``\\[...\\]`` math, not
+  after a one- or two-letter word such as ``e.g.``); a piece with fewer than
+  ``min_thought_chars`` non-blank characters joins the next one (the last, the previous).
+
+With every segmenter a piece that is only whitespace joins its neighbour (the previous,
+or the next at the start), and ``max_thoughts`` caps the count: everything from thought
+``max_thoughts`` on is that one thought.
+
+SRPO's self-localisation shows the problem and the numbered thoughts of a failed
+completion and asks for the first wrong one as ``\\boxed{k}``; IBPO's compare-and-correct
+prompt shows a failed attempt and a sibling and asks for a minimally edited, corrected
+solution. There is no step oracle (``first_error``) and no error planting (``corrupt``):
+those exist on the ``chains`` testbed only, and asking this task for them names the run
+setting that needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from creditbench.config import MathDataConfig, MathTaskConfig
+from creditbench.tasks import DataError, Problem, read_jsonl, write_jsonl
+from creditbench.tasks.chains import Localisation  # one answer type for every task
+
+SPLITS = ("train", "test")
+BOXED_RE = re.compile(r"\\boxed\s*\{")
+ANSWER_LINE_MARKERS = ("\\boxed{", "####")
+LOCALISATION_RE = re.compile(r"(?:thought|step)?\s*#?\s*([0-9]+)\s*\.?", re.IGNORECASE)
+# sentence ends: . ! ? then blanks and a capital, not after a 1-2 letter word (e.g., Dr.)
+SENTENCE_END_RE = re.compile(r"(?<=[.!?])(?=[ \t]+[A-Z])")
+ABBREVIATION_RE = re.compile(r"(?:^|[^A-Za-z])[A-Za-z]{1,2}\.$")
+MATH_SPAN_RE = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
+LINE_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay in a line
+
+
+# ----------------------------------------------------------------- answers
+def last_boxed_span(text: str) -> tuple[int, int] | None:
+    """Character span of the content of the last ``\\boxed{...}`` (balanced braces).
+
+    ``None`` when there is none, or when the last one is never closed: a malformed final
+    answer is no answer, even if an earlier ``\\boxed{}`` was closed.
+    """
+    matches = list(BOXED_RE.finditer(text))
+    if not matches:
+        return None
+    depth, start = 1, matches[-1].end()
+    for j in range(start, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return (start, j)
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}``, if there is one and it is closed."""
+    span = last_boxed_span(text)
+    return None if span is None else text[span[0] : span[1]]
+
+
+def gold_answer(text: str, answer_format: str) -> str | None:
+    """The gold answer in a record's answer field (``None`` if it has none in that format)."""
+    text = text.strip()
+    if answer_format == "auto":
+        answer_format = "gsm8k" if "####" in text else "boxed" if BOXED_RE.search(text) else "final"
+    if answer_format == "final":
+        return text or None
+    if answer_format == "boxed":
+        answer = last_boxed(text)
+        return answer.strip() or None if answer is not None else None
+    # GSM8K: "#### 1,234" -> "1234" (a thousands separator only)
+    if "####" not in text:
+        return None
+    answer = text.rsplit("####", 1)[1].strip()
+    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", answer) or None
+
+
+def _timeout() -> int | None:
+    # math-verify times out with signal.alarm, which only the main thread may use
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse_boxed(answer: str):
+    from math_verify import parse
+
+    return parse(f"\\boxed{{{answer}}}", parsing_timeout=_timeout())
+
+
+_parse_gold = lru_cache(maxsize=65536)(_parse_boxed)  # a problem's gold is parsed once
+
+
+def answers_match(gold: str, predicted: str) -> bool:
+    """math-verify's equivalence of two answers (LaTeX or plain); never raises."""
+    try:
+        from math_verify import verify
+
+        gold_parsed, pred_parsed = _parse_gold(gold), _parse_boxed(predicted)
+        if not gold_parsed or not pred_parsed:
+            return False
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
+    except Exception:  # malformed output of any kind is a wrong answer
+        return False
+
+
+# --------------------------------------------------------------- segmenters
+def _merge_blank(pieces: list[str]) -> list[str]:
+    """A whitespace-only piece joins the previous piece (the next one at the start)."""
+    out: list[str] = []
+    pending = ""
+    for piece in pieces:
+        if piece.strip():
+            out.append(pending + piece)
+            pending = ""
+        elif out:
+            out[-1] += piece
+        else:
+            pending += piece
+    if pending:
+        out.append(pending)
+    return out
+
+
+def _merge_short(pieces: list[str], min_chars: int) -> list[str]:
+    """A piece with fewer than ``min_chars`` non-blank characters joins the next one
+    (the last piece joins the previous one)."""
+    out: list[str] = []
+    carry = ""
+    for piece in pieces:
+        piece = carry + piece
+        if len(piece.strip()) < min_chars:
+            carry = piece
+        else:
+            out.append(piece)
+            carry = ""
+    if carry:
+        if out:
+            out[-1] += carry
+        else:
+            out.append(carry)
+    return out
+
+
+def split_after(text: str, stop: str) -> list[str]:
+    """Pieces that end right after each ``stop`` (kept); a non-empty remainder is a piece."""
+    pieces, start = [], 0
+    while (k := text.find(stop, start)) >= 0:
+        pieces.append(text[start : k + len(stop)])
+        start = k + len(stop)
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+def split_lines(text: str) -> list[str]:
+    return LINE_RE.findall(text)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Lines, and each line at its sentence ends outside math."""
+    pieces = []
+    for line in split_lines(text):
+        in_math = [m.span() for m in MATH_SPAN_RE.finditer(line)]
+        cuts = [
+            m.start()
+            for m in SENTENCE_END_RE.finditer(line)
+            if not any(a < m.start() < b for a, b in in_math)
+            and not ABBREVIATION_RE.search(line[: m.start()])
+        ]
+        bounds = [0, *cuts, len(line)]
+        pieces.extend(line[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a)
+    return pieces
+
+
+def cap_thoughts(pieces: list[str], max_thoughts: int | None) -> list[str]:
+    if max_thoughts is None or len(pieces) <= max_thoughts:
+        return pieces
+    return pieces[: max_thoughts - 1] + ["".join(pieces[max_thoughts - 1 :])]
+
+
+# Testbed-only parts of the task interface, and the settings that ask for them.
+_TESTBED_ONLY = {
+    "first_error": (
+        "has no step oracle (first_error); it is needed by SRPO's `reset: oracle` and by "
+        "the warm start's localisation record: use `reset: self` or `reset: random`"
+    ),
+    "corrupt": (
+        "cannot plant a known error (corrupt); it is needed by the warm start's skills "
+        "phase (warm_start.skill_steps > 0), warm_start.demo_error_rate > 0 and the warm "
+        "start's localisation record: set warm_start.skill_steps: 0 and demo_error_rate: 0"
+    ),
+    "solution": (
+        "has no reference solutions in the policy's answer format (solution); it is needed "
+        "by the warm start's format phase: set warm_start.steps: 0 (start from a pretrained "
+        "instruct model)"
+    ),
+    "solution_lines": "has no reference solutions in the policy's answer format",
+    "alphabet": (
+        "has no character alphabet (alphabet); the character-level tiny model "
+        "(model.path: null) is for the chains testbed: set model.path to a pretrained model"
+    ),
+}
+
+
+class MathTask:
+    name = "math"
+
+    def __init__(self, cfg: MathTaskConfig, data_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        # the thought stop pattern (SRPO); None: thoughts are found in text afterwards
+        self.thought_stop = cfg.stop_pattern if cfg.segmenter == "stop" else None
+        self.system_prompt = cfg.system_prompt
+        # the local evaluation suite (engine sampler backend) on the test split
+        self.suites = {cfg.suite: "test"}
+
+    def __getattr__(self, attr: str) -> Any:
+        # only reached for attributes the task does not have: getattr(task, "first_error",
+        # None) stays None (the engine's feature test), a direct use gets the reason
+        if attr in _TESTBED_ONLY:
+            raise AttributeError(f"task 'math' {_TESTBED_ONLY[attr]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+    # ------------------------------------------------------------------ data
+    def format_prompt(self, question: str) -> str:
+        """The user message of a problem (``str.replace``: LaTeX braces need no escaping)."""
+        return self.cfg.prompt_template.replace("{question}", question)
+
+    def messages(self, prompt: str) -> list[dict[str, str]]:
+        """The chat messages of a prompt: the optional system prompt, then the user turn."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": prompt}]
+
+    def read_source(self, split: str) -> list[Problem]:
+        """The problems of ``split`` from its configured source, subsampled if asked."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        src: MathDataConfig = getattr(self.cfg, split)
+        dataset, where = _load_records(src)
+        indices = list(range(len(dataset)))
+        if src.limit is not None and src.limit < len(indices):
+            rng = random.Random(f"math-{src.subsample_seed}-{split}")
+            indices = sorted(rng.sample(indices, src.limit))
+            dataset = dataset.select(indices)
+        records = dataset.to_list()
+        return [
+            self._problem(rec, i, split, src, where)
+            for i, rec in zip(indices, records, strict=True)
+        ]
+
+    def _problem(self, rec: Any, i: int, split: str, src: MathDataConfig, where) -> Problem:
+        def bad(msg: str) -> DataError:
+            return DataError(f"{where(i)}: {msg}")
+
+        if not isinstance(rec, dict):
+            raise bad(f"a record must be an object, got {type(rec).__name__}")
+        fields = {"question_field": src.question_field, "answer_field": src.answer_field}
+        if src.id_field is not None:
+            fields["id_field"] = src.id_field
+        for key, name in fields.items():
+            if rec.get(name) is None:
+                raise bad(f"no {name!r} (task.{split}.{key}); the record has {sorted(rec)[:10]}")
+        question, raw = rec[src.question_field], rec[src.answer_field]
+        if not isinstance(question, str) or not question.strip():
+            raise bad(f"{src.question_field!r} must be a non-empty string, got {question!r:.80}")
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise bad(f"{src.answer_field!r} must be a string or a number, got {raw!r:.80}")
+        answer = gold_answer(str(raw), src.answer_format)
+        if answer is None:
+            raise bad(
+                f"no gold answer in {src.answer_field!r} with answer_format "
+                f"{src.answer_format!r}: {str(raw)[-120:]!r}"
+            )
+        pid = str(rec[src.id_field]) if src.id_field is not None else f"{split}-{i}"
+        meta = {"question": question, "source": src.source, "index": i}
+        if isinstance(raw, str) and raw.strip() != answer:
+            meta["solution"] = raw  # the dataset's reference solution, for the record
+        return Problem(id=pid, prompt=self.format_prompt(question), answer=answer, meta=meta)
+
+    def write_data(self, out_dir: str | Path) -> dict[str, Path]:
+        """The data step: each split's problems, prompts and gold answers as JSONL."""
+        out_dir = Path(out_dir)
+        paths = {}
+        for split in SPLITS:
+            paths[split] = out_dir / f"{split}.jsonl"
+            write_jsonl(paths[split], self.read_source(split))
+        return paths
+
+    def load(self, split: str) -> list[Problem]:
+        if self.data_dir is None:
+            return self.read_source(split)
+        return read_jsonl(self.data_dir / f"{split}.jsonl")
+
+    # ------------------------------------------------------------- verifier
+    def reward(self, problem: Problem, completion: str) -> float:
+        """1.0 iff the completion's last ``\\boxed{}`` equals the gold answer (math-verify)."""
+        try:
+            predicted = last_boxed(completion)
+            if predicted is None or not predicted.strip():
+                return 0.0
+            return float(answers_match(problem.answer, predicted))
+        except Exception:
+            return 0.0
+
+    def answer_span(self, completion: str) -> tuple[int, int] | None:
+        """Character span of the final answer (the content of the last ``\\boxed{}``)."""
+        span = last_boxed_span(completion)
+        return span if span is not None and span[1] > span[0] else None
+
+    # -------------------------------------------------------------- thoughts
+    def segment(self, completion: str) -> list[str]:
+        """Thoughts ``y_1 .. y_n``; ``"".join(segment(y)) == y``."""
+        c = self.cfg
+        if c.segmenter == "stop":
+            pieces = split_after(completion, c.stop_pattern)
+        elif c.segmenter == "lines":
+            pieces = split_lines(completion)
+        else:
+            pieces = split_sentences(completion)
+        pieces = _merge_blank(pieces)
+        if c.segmenter == "lines" and len(pieces) > 1:
+            if any(m in pieces[-1] for m in ANSWER_LINE_MARKERS):
+                pieces = pieces[:-2] + [pieces[-2] + pieces[-1]]
+        elif c.segmenter == "sentences":
+            pieces = _merge_short(pieces, c.min_thought_chars)
+        return cap_thoughts(pieces, c.max_thoughts)
+
+    def _thought_text(self, thought: str) -> str:
+        text = thought.strip()
+        if self.thought_stop and text.endswith(self.thought_stop):
+            text = text[: -len(self.thought_stop)].rstrip()
+        return text
+
+    def _question(self, problem: Problem) -> str:
+        return problem.meta.get("question", problem.prompt)
+
+    # ---------------------------------------------------------- localisation
+    def localisation_prompt(self, problem: Problem, completion: str) -> str:
+        """SRPO: ask the policy for the first wrong thought of its own failed completion."""
+        thoughts = self.segment(completion)
+        numbered = "\n\n".join(
+            f"Thought {k}:\n{self._thought_text(t)}" for k, t in enumerate(thoughts, 1)
+        )
+        n = max(len(thoughts), 1)
+        return (
+            "The following solution to a math problem reaches a wrong final answer. Its "
+            f"reasoning is split into {len(thoughts)} numbered thoughts.\n\n"
+            f"Problem:\n{self._question(problem)}\n\nSolution:\n{numbered}\n\n"
+            "Find the first thought that contains an error: a wrong calculation, a wrong "
+            "fact, or a step that does not follow from the previous ones. Put the number of "
+            f"that thought (from 1 to {n}) within \\boxed{{}}."
+        )
+
+    def localisation_target(self, first_wrong: int) -> str:
+        return f"\\boxed{{{first_wrong}}}"
+
+    def parse_localisation(self, text: str, n_thoughts: int) -> Localisation:
+        """SRPO: the last ``\\boxed{k}``, ``k`` clamped to ``[1, n]``; unparsed: ``h = 1``."""
+        try:
+            answer = last_boxed(text)
+            match = LOCALISATION_RE.fullmatch(answer.strip()) if answer is not None else None
+            if match is None:
+                return Localisation(1, False)
+            return Localisation(min(max(int(match.group(1)), 1), max(n_thoughts, 1)), True)
+        except Exception:
+            return Localisation(1, False)
+
+    # --------------------------------------------------------------- revision
+    def revision_prompt(self, problem: Problem, failed: str, reference: str) -> str:
+        """IBPO's compare-and-correct: revise ``failed`` given a sibling ``reference``."""
+        fmt = (
+            f"End every step with {self.cfg.stop_pattern}. " if self.thought_stop else ""
+        ) + "Put your final answer within \\boxed{}."
+        return (
+            f"Problem:\n{self._question(problem)}\n\n"
+            f"Attempt A (its final answer is wrong):\n{failed.strip()}\n\n"
+            f"Attempt B (another attempt at the same problem):\n{reference.strip()}\n\n"
+            "Compare the two attempts and find where attempt A goes wrong. Then write "
+            "attempt A again in full, corrected: keep its steps that are right and change "
+            f"only what is needed to fix it. {fmt}"
+        )
+
+
+# ------------------------------------------------------------------ loading
+def _load_records(src: MathDataConfig):
+    """A source as a ``datasets.Dataset``, and ``where(i)``: how an error names record ``i``."""
+    local = src.source.lower().endswith((".jsonl", ".json", ".parquet"))
+    if not local:
+        return _load_hub(src)
+    path = Path(src.source).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file {src.source!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        _check_jsonl(path)  # exact line numbers for malformed lines
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(
+            "parquet" if suffix == ".parquet" else "json", data_files=str(path), split="train"
+        )
+    except Exception as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    if suffix == ".jsonl":
+        lines = _record_lines(path)
+
+        def where(i: int) -> str:
+            return f"{path}:{lines[i]}" if i < len(lines) else f"{path}: record {i}"
+    else:
+
+        def where(i: int) -> str:
+            return f"{path}: record {i}"
+
+    return dataset, where
+
+
+def _check_jsonl(path: Path) -> None:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
+                    rec = json.loads(line)
+                    if not isinstance(rec, dict):
+                        raise TypeError(f"a record must be an object, got {type(rec).__name__}")
+            except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+                raise DataError(
+                    f"{path}:{lineno}: invalid record ({type(e).__name__}: {e})"
+                ) from None
+
+
+def _record_lines(path: Path) -> list[int]:
+    with path.open("rb") as f:
+        return [n for n, raw in enumerate(f, 1) if raw.strip()]
+
+
+def _load_hub(src: MathDataConfig):
+    name = f"{src.source!r} (config {src.config!r}, split {src.split!r})"
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(src.source, src.config, split=src.split)
+    except Exception as e:
+        raise DataError(f"cannot load hub dataset {name}: {type(e).__name__}: {e}") from None
+
+    def where(i: int) -> str:
+        return f"dataset {name} record {i}"
+
+    return dataset, where
