@@ -407,6 +407,12 @@ class EvalConfig(Strict):
     ``chains_test`` and ``chains_test_long``). ``backend``: ``lm-eval`` (the harness,
     with its ``hf`` or ``vllm`` model) or ``creditbench`` (the engine's own sampler,
     local suites only). ``problems``: at most this many problems per suite.
+    ``temperature`` 0 is greedy; above 0, ``samples`` completions per problem are scored
+    by their mean (mean@k, the expected reward of the sampling policy).
+    ``max_length``: the HF backend's context (prompt + generation; null: the model's
+    own); ``max_gen_toks`` overrides the suites' generation budgets. ``data_files``:
+    suites read from local files in their dataset's format, ``{suite: path}`` or, for a
+    group, ``{suite: {task: path}}`` (offline use; otherwise real suites load from the hub).
     """
 
     suites: list[str] | None = None
@@ -417,6 +423,32 @@ class EvalConfig(Strict):
     samples: PositiveInt = 1
     temperature: Annotated[float, Field(ge=0)] = 0.0
     seed: int = 0
+    max_length: PositiveInt | None = None
+    max_gen_toks: PositiveInt | None = None
+    data_files: dict[str, str | dict[str, str]] = {}
+
+    @model_validator(mode="after")
+    def _samples(self) -> EvalConfig:
+        if self.temperature == 0 and self.samples != 1:
+            raise ValueError(
+                f"samples: greedy evaluation (temperature 0) takes one sample, got {self.samples}"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------- launch
+class LaunchConfig(Strict):
+    """How a training job starts: one process, or ``accelerate launch`` over several.
+
+    ``num_processes`` > 1 runs ``accelerate launch`` (one process per GPU, DDP unless
+    ``accelerate_config`` names a DeepSpeed or FSDP file under ``experiments/accelerate/``).
+    ``gpus_per_job``: the ``gpu`` resource a training job asks for (default: one per
+    process on a real model, none for the tiny testbed model).
+    """
+
+    num_processes: PositiveInt = 1
+    accelerate_config: str | None = None
+    gpus_per_job: NonNegInt | None = None
 
 
 # ------------------------------------------------------------------------- runs
@@ -448,6 +480,7 @@ class ExperimentConfig(Strict):
     train: dict[str, Any] = {}
     loss: dict[str, Any] = {}
     eval: EvalConfig = EvalConfig()
+    launch: LaunchConfig = LaunchConfig()
     runs: dict[str, dict[str, Any]] = {"grpo": {"method": "grpo"}}
 
     @field_validator("seeds")

@@ -34,7 +34,13 @@ def evaluate_accuracy(
     ledger: Ledger | None = None,
 ) -> dict:
     """Mean reward over ``samples`` completions per problem (greedy when temperature is 0)."""
-    sampler = Sampler(model, tokenizer, sampling, ledger if ledger is not None else Ledger())
+    sampler = Sampler(
+        model,
+        tokenizer,
+        sampling,
+        ledger if ledger is not None else Ledger(),
+        system_prompt=getattr(task, "system_prompt", None),
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         prompts = [sampler.encode_prompt(p.prompt) for p in problems]
@@ -73,7 +79,9 @@ def evaluate_localisation(
     ``own``: on the policy's own failed completions, judged by the step oracle.
     Chance level is reported for comparison (uniform over the thoughts).
     """
-    sampler = Sampler(model, tokenizer, sampling, Ledger())
+    sampler = Sampler(
+        model, tokenizer, sampling, Ledger(), system_prompt=getattr(task, "system_prompt", None)
+    )
     rng = random.Random(f"localisation-{seed}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -51,19 +51,28 @@ class StopOnStrings(StoppingCriteria):
 
 
 class Sampler:
-    def __init__(self, model, tokenizer, cfg: SamplingConfig, ledger: Ledger | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        cfg: SamplingConfig,
+        ledger: Ledger | None = None,
+        system_prompt: str | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.ledger = ledger if ledger is not None else Ledger()
+        self.system_prompt = system_prompt  # the task's, before every user turn
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode_prompt(self, text: str) -> list[int]:
         """Prompt ids through the chat template, as every policy call sees its prompt."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
+            [*system, {"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
         )
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in recent versions
             ids = ids["input_ids"]

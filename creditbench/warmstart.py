@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from creditbench.config import ExperimentConfig
+from creditbench.config import ConfigError, ExperimentConfig
 from creditbench.evaluate import evaluate_accuracy, evaluate_localisation
 from creditbench.model import (
     build_char_tokenizer,
@@ -55,6 +55,15 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
     ws = cfg.warm_start
     out_dir = Path(out_dir)
     task = make_task(cfg.task, data_dir)
+    testbed = getattr(task, "corrupt", None) is not None  # reference solutions, planted errors
+    if not testbed and (ws.steps or ws.skill_steps):
+        raise ConfigError(
+            f"warm_start.steps ({ws.steps}) and skill_steps ({ws.skill_steps}) train on the "
+            f"testbed's reference solutions; task {cfg.task.name!r} has none: set both to 0 "
+            "(the base is then the model itself)"
+        )
+    if ws.steps == 0 and cfg.model.path is None:
+        raise ConfigError("warm_start.steps is 0 but model.path is null: nothing to start from")
     train = task.load("train")
     test = task.load("test")[: ws.eval_problems]
     seed_everything(ws.seed)
@@ -69,9 +78,12 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
     log.info("warm start: %d parameters on %s", n_params, device)
     eos = [tokenizer.eos_token_id]
 
+    system_prompt = getattr(task, "system_prompt", None)
+
     def encode_prompt(text: str) -> list[int]:
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
+            [*system, {"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
         )
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
@@ -154,7 +166,9 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
         "sampled": evaluate_accuracy(
             model, tokenizer, task, test, sampling, temperature=sampling.temperature, samples=8
         ),
-        "localisation": evaluate_localisation(model, tokenizer, task, test[:200], sampling),
+        "localisation": (
+            evaluate_localisation(model, tokenizer, task, test[:200], sampling) if testbed else None
+        ),
         "loss_history": history,
     }
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")

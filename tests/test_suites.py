@@ -1100,3 +1100,62 @@ def test_code_block_prefers_the_block_defining_the_function():
     assert code_block(text) == "print(f())\n"
     assert code_block("```js\nlet x\n```") is None
     assert code_block("```python\nunclosed") is None
+
+
+# ------------------------------------------- the math task's own suite, sampled evaluation
+def _write_math_test(tmp_path: Path) -> Path:
+    path = tmp_path / "test.jsonl"
+    rows = [
+        {"id": "0", "prompt": "Halve one. [q0]", "answer": "\\frac{1}{2}", "meta": {}},
+        {"id": "1", "prompt": "Two plus two. [q1]", "answer": "4", "meta": {}},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_math_test_suite_scores_by_the_training_reward(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        ScriptedLM, "responses", {"[q0]": "so \\boxed{0.5}", "[q1]": "the answer is 4"}
+    )
+    out = tmp_path / "math_test.json"
+    record = evaluate_suite(
+        tmp_path, "math_test", out, data_file=_write_math_test(tmp_path), backend="cb_scripted_test"
+    )
+    # an equivalent boxed answer counts; an unboxed one does not (as in training)
+    lines = [json.loads(x) for x in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert [x["acc"] for x in lines] == [1.0, 0.0] and record["accuracy"] == 0.5
+
+
+def test_sampled_evaluation_scores_the_mean_over_k_samples(tmp_path, monkeypatch):
+    answers = iter(["\\boxed{4}", "\\boxed{5}", "\\boxed{4}", "\\boxed{4}"])
+    monkeypatch.setattr(
+        ScriptedLM, "responses", {"[q0]": "\\boxed{1/2}", "[q1]": lambda _p: next(answers)}
+    )
+    out = tmp_path / "math_test.json"
+    record = evaluate_suite(
+        tmp_path,
+        "math_test",
+        out,
+        data_file=_write_math_test(tmp_path),
+        backend="cb_scripted_test",
+        temperature=1.0,
+        samples=4,
+    )
+    lines = [json.loads(x) for x in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert [x["acc"] for x in lines] == [1.0, 0.75]
+    assert record["accuracy"] == pytest.approx(0.875) and record["n"] == 2
+    assert len(lines[1]["response"]) == 4  # every sample is logged
+
+
+def test_greedy_evaluation_takes_one_sample():
+    from creditbench.lmeval import sampled
+
+    cfg = {"task": "x", "generation_kwargs": {"do_sample": False}}
+    assert sampled(cfg, 0.0, 1) is cfg
+    with pytest.raises(ValueError, match="one sample"):
+        sampled(cfg, 0.0, 4)
+    hot = sampled(cfg, 0.7, 4)
+    assert hot["repeats"] == 4 and hot["generation_kwargs"]["temperature"] == 0.7
+    assert hot["generation_kwargs"]["do_sample"] is True and cfg["generation_kwargs"] == {
+        "do_sample": False
+    }

@@ -134,6 +134,20 @@ def answers_match(gold: str, predicted: str) -> bool:
 
 
 # --------------------------------------------------------------- segmenters
+def boxed_reward(gold: str, completion: str) -> float:
+    """1.0 iff the completion's last ``\\boxed{}`` equals ``gold`` (math-verify); never raises.
+
+    The training reward, and the score of the task's own evaluation suite (``math_test``).
+    """
+    try:
+        predicted = last_boxed(completion)
+        if predicted is None or not predicted.strip():
+            return 0.0
+        return float(answers_match(gold, predicted))
+    except Exception:
+        return 0.0
+
+
 def _merge_blank(pieces: list[str]) -> list[str]:
     """A whitespace-only piece joins the previous piece (the next one at the start)."""
     out: list[str] = []
@@ -324,13 +338,7 @@ class MathTask:
     # ------------------------------------------------------------- verifier
     def reward(self, problem: Problem, completion: str) -> float:
         """1.0 iff the completion's last ``\\boxed{}`` equals the gold answer (math-verify)."""
-        try:
-            predicted = last_boxed(completion)
-            if predicted is None or not predicted.strip():
-                return 0.0
-            return float(answers_match(problem.answer, predicted))
-        except Exception:
-            return 0.0
+        return boxed_reward(problem.answer, completion)
 
     def answer_span(self, completion: str) -> tuple[int, int] | None:
         """Character span of the final answer (the content of the last ``\\boxed{}``)."""

@@ -80,3 +80,11 @@ def olympiad_docs(dataset):
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     return {"acc": score_math(results[0], doc["cb_gold"])}
+
+
+def process_math_test(doc: dict, results: list) -> dict[str, float]:
+    """The math task's own suite: scored by the training reward, mean over the samples."""
+    from creditbench.tasks.math import boxed_reward
+
+    responses = results[0] if results and isinstance(results[0], list) else results
+    return {"acc": sum(boxed_reward(str(doc["answer"]), r) for r in responses) / len(responses)}
