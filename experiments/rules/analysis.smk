@@ -59,7 +59,9 @@ rule tables:
         f"{R}/benchmarks/analysis/tables.tsv"
     threads: 1
     resources:
-        gpu=0,
+        gpu=GPUS["analysis"],
+        runtime=RUNTIME["analysis"],
+        mem_mb=MEM_MB["analysis"],
     params:
         experiment=experiment_dir,
         out=output_dir,
@@ -137,7 +139,9 @@ rule figures:
         f"{R}/benchmarks/analysis/figures.tsv"
     threads: 1
     resources:
-        gpu=0,
+        gpu=GPUS["analysis"],
+        runtime=RUNTIME["analysis"],
+        mem_mb=MEM_MB["analysis"],
     params:
         experiment=experiment_dir,
         out=output_dir,

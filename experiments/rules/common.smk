@@ -3,10 +3,12 @@ import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from creditbench.cli import suites_of
 from creditbench.config import ConfigError, experiment_from_dict
+from creditbench.tasks import make_task
 from creditbench.utils import atomic_write_text
 
 # An experiment stands alone: a --configfile replaces the default config, never merges
@@ -25,12 +27,19 @@ R = f"results/{EXP.experiment}"
 RUNS = list(EXP.runs)
 SEEDS = EXP.seeds
 SUITES = suites_of(EXP)
-GPU = 1 if EXP.model.path is not None else 0  # real models train on a GPU
 CONFIG = f"{R}/config.json"  # the resolved config every job reads
+# the data step's files: train, test, then any other split a local suite reads (test_long)
+SPLITS = list(dict.fromkeys(["train", "test", *make_task(EXP.task).suites.values()]))
 
 _resolved = json.dumps(EXP.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 if not Path(CONFIG).is_file() or Path(CONFIG).read_text() != _resolved:
     atomic_write_text(CONFIG, _resolved)
+
+
+def fixed(value):
+    """A param given as a function, so Snakemake does not read the braces of a prompt
+    template ("{question}") in it as wildcards."""
+    return lambda wildcards: value
 
 
 def run_params(wildcards):
@@ -55,3 +64,96 @@ def input_dir(key):
 def output_dir_of(key):
     """A param: the directory of one of a job's output files."""
     return lambda wildcards, output: str(Path(getattr(output, key)).parent)
+
+
+# ----------------------------------------------------------- launch and resources
+# A real model (model.path set) runs every model job on a GPU; the tiny testbed model runs
+# on CPU. A training job asks for launch.gpus_per_job GPUs (default: one per process).
+REAL_MODEL = EXP.model.path is not None
+LAUNCH = EXP.launch
+ACCELERATE_DIR = Path(workflow.basedir) / "experiments" / "accelerate"
+
+
+def accelerate_config_file(name):
+    """launch.accelerate_config: a shipped config by name (``ddp``, ``fsdp``,
+    ``deepspeed_zero2``, ``deepspeed_zero3``, with or without ``.yaml``) or a path to an
+    accelerate config file (absolute, or relative to the working directory)."""
+    path = Path(name).expanduser()
+    for candidate in (path, ACCELERATE_DIR / name, ACCELERATE_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    shipped = sorted(p.stem for p in ACCELERATE_DIR.glob("*.yaml"))
+    raise WorkflowError(
+        f"invalid config: launch.accelerate_config: no accelerate config file {name!r} "
+        f"(give a path, or one of {shipped} from {ACCELERATE_DIR})"
+    )
+
+
+def train_launcher():
+    """The command that starts ``creditbench ... train``: the console script for one
+    process, else ``accelerate launch`` over launch.num_processes processes with
+    launch.accelerate_config (default ``ddp``: never the user's own default accelerate
+    config, so a run does not depend on the machine's ~/.cache)."""
+    if LAUNCH.num_processes == 1:
+        if LAUNCH.accelerate_config is not None:
+            logger.warning(
+                "launch.accelerate_config is ignored: launch.num_processes is 1, so training "
+                "runs in one process without accelerate launch"
+            )
+        return "creditbench"
+    config_file = accelerate_config_file(LAUNCH.accelerate_config or "ddp")
+    return (
+        f"accelerate launch --num_processes {LAUNCH.num_processes}"
+        f" --config_file {config_file} -m creditbench.cli"
+    )
+
+
+TRAIN_LAUNCHER = train_launcher()
+
+# gpu: what each job asks for (local: --resources gpu=N shares them; SLURM: --gpus=N)
+GPUS = {
+    "data": 0,
+    "warmstart": int(REAL_MODEL),
+    "train": (
+        LAUNCH.gpus_per_job
+        if LAUNCH.gpus_per_job is not None
+        else (LAUNCH.num_processes if REAL_MODEL else 0)
+    ),
+    "evaluate": int(REAL_MODEL),
+    "analysis": 0,
+}
+# threads: CPU cores a job uses (torch threads, reward checks); a profile may override
+THREADS = {
+    "train": 4 * LAUNCH.num_processes if REAL_MODEL else 1,
+    "evaluate": 4 if REAL_MODEL else 1,
+}
+# runtime (minutes) and mem_mb (host memory), the limits a cluster job is submitted with:
+# the testbed's jobs take minutes on a CPU; a real model's take hours (a training job
+# resumes from its last checkpoint, so a retried job continues where a time limit cut it)
+RUNTIME = (
+    {"data": 60, "warmstart": 240, "train": 1440, "evaluate": 240, "analysis": 30}
+    if REAL_MODEL
+    else {"data": 10, "warmstart": 60, "train": 120, "evaluate": 30, "analysis": 30}
+)
+MEM_MB = (
+    {
+        "data": 16000,
+        "warmstart": 64000,
+        "train": 32000 * (1 + LAUNCH.num_processes),  # each process loads the weights
+        "evaluate": 64000,
+        "analysis": 8000,
+    }
+    if REAL_MODEL
+    else {
+        "data": 4000,
+        "warmstart": 4000,
+        "train": 4000 * LAUNCH.num_processes,
+        "evaluate": 4000,
+        "analysis": 8000,
+    }
+)
+
+
+def torch_threads(wildcards, threads):
+    """A param: torch CPU threads per training process (the job's threads, shared)."""
+    return max(1, threads // LAUNCH.num_processes)

@@ -1,23 +1,27 @@
 # data -> warm start -> train (one job per run x seed) -> evaluate (run x seed x suite).
-# Rules are thin: each calls the creditbench command line on the resolved config.
+# Rules are thin: each calls the creditbench command line on the resolved config; what a
+# job asks for (gpu, runtime, mem_mb, threads) and how training starts come from
+# common.smk, derived from the config (model, launch).
 
 
 rule data:
     output:
         train=f"{R}/data/train.jsonl",
         test=f"{R}/data/test.jsonl",
-        test_long=f"{R}/data/test_long.jsonl",
+        more=expand(f"{R}/data/{{split}}.jsonl", split=SPLITS[2:]),  # chains: test_long
     log:
         f"{R}/logs/data.log",
     benchmark:
         f"{R}/benchmarks/data.tsv"
     threads: 1
     resources:
-        gpu=0,
+        gpu=GPUS["data"],
+        runtime=RUNTIME["data"],
+        mem_mb=MEM_MB["data"],
     params:
         cfg=CONFIG,
         out=output_dir_of("train"),
-        task=EXP.task.model_dump_json(),
+        task=fixed(EXP.task.model_dump_json()),
     shell:
         "creditbench data -c {params.cfg} --out {params.out} > {log} 2>&1"
 
@@ -35,17 +39,21 @@ rule warmstart:
         f"{R}/benchmarks/warmstart.tsv"
     threads: workflow.cores
     resources:
-        gpu=GPU,
+        gpu=GPUS["warmstart"],
+        runtime=RUNTIME["warmstart"],
+        mem_mb=MEM_MB["warmstart"],
     params:
         cfg=CONFIG,
         data=input_dir("train"),
         out=output_dir_of("model"),
-        settings=json.dumps(
-            [
-                EXP.task.model_dump(),
-                EXP.model.model_dump(),
-                EXP.warm_start.model_dump(),
-            ]
+        settings=fixed(
+            json.dumps(
+                [
+                    EXP.task.model_dump(),
+                    EXP.model.model_dump(),
+                    EXP.warm_start.model_dump(),
+                ]
+            )
         ),
     shell:
         "creditbench --threads {threads} warmstart -c {params.cfg} --data {params.data} --out {params.out}"
@@ -64,19 +72,23 @@ rule train:
         f"{R}/logs/train/{{run}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{run}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: THREADS["train"]
     resources:
-        gpu=GPU,
+        gpu=GPUS["train"],
+        runtime=RUNTIME["train"],
+        mem_mb=MEM_MB["train"],
     params:
+        launcher=TRAIN_LAUNCHER,
+        torch_threads=torch_threads,
         cfg=CONFIG,
         init=input_dir("base"),
         data=input_dir("train"),
         out=output_dir_of("ledger"),
         run=run_params,
     shell:
-        "creditbench --threads {threads} train -c {params.cfg} --run {wildcards.run}"
-        " --seed {wildcards.seed} --init {params.init} --data {params.data} --out {params.out}"
-        " > {log} 2>&1"
+        "{params.launcher} --threads {params.torch_threads} train -c {params.cfg}"
+        " --run {wildcards.run} --seed {wildcards.seed} --init {params.init}"
+        " --data {params.data} --out {params.out} > {log} 2>&1"
 
 
 rule evaluate:
@@ -89,14 +101,16 @@ rule evaluate:
         f"{R}/logs/eval/{{run}}/seed{{seed}}/{{suite}}.log",
     benchmark:
         f"{R}/benchmarks/eval/{{run}}/seed{{seed}}/{{suite}}.tsv"
-    threads: 1
+    threads: THREADS["evaluate"]
     resources:
-        gpu=GPU,
+        gpu=GPUS["evaluate"],
+        runtime=RUNTIME["evaluate"],
+        mem_mb=MEM_MB["evaluate"],
     params:
         cfg=CONFIG,
         data=input_dir("test"),
         model=input_dir("model"),
-        eval=EXP.eval.model_dump_json(),
+        eval=fixed(EXP.eval.model_dump_json()),
     shell:
         "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
         " --model {params.model} --suite {wildcards.suite}"
