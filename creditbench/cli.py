@@ -104,6 +104,7 @@ def cmd_evaluate(cfg, args):
             max_gen_toks=ev.max_gen_toks,
             temperature=ev.temperature,
             samples=ev.samples,
+            chat_template=getattr(cfg.task, "chat_template", True),
         )
     else:
         from creditbench.evaluate import evaluate_accuracy

@@ -135,6 +135,10 @@ class MathTaskConfig(Strict):
     merged). ``max_thoughts``: the thought cap (later text joins the last thought);
     default 20 for ``stop`` (SRPO), none otherwise. ``suite``: the name of the local
     evaluation suite on the test split.
+    ``chat_template``: wrap prompts in the tokenizer's chat template (instruct models);
+    false gives the prompt text as is, for SFT checkpoints trained on plain prompts
+    (VinePPO's). ``completion_answer``: where a completion states its answer: its last
+    ``\\boxed{}``, or a ``#### n`` line (GSM8K-style SFT checkpoints).
     """
 
     name: Literal["math"]
@@ -147,6 +151,8 @@ class MathTaskConfig(Strict):
     stop_pattern: Annotated[str, Field(min_length=1)] = "</thought>"
     max_thoughts: PositiveInt | None = None
     min_thought_chars: NonNegInt = 20
+    chat_template: bool = True
+    completion_answer: Literal["boxed", "gsm8k"] = "boxed"
 
     @model_validator(mode="before")
     @classmethod

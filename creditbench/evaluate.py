@@ -40,6 +40,7 @@ def evaluate_accuracy(
         sampling,
         ledger if ledger is not None else Ledger(),
         system_prompt=getattr(task, "system_prompt", None),
+        chat_template=getattr(task.cfg, "chat_template", True),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -80,7 +81,12 @@ def evaluate_localisation(
     Chance level is reported for comparison (uniform over the thoughts).
     """
     sampler = Sampler(
-        model, tokenizer, sampling, Ledger(), system_prompt=getattr(task, "system_prompt", None)
+        model,
+        tokenizer,
+        sampling,
+        Ledger(),
+        system_prompt=getattr(task, "system_prompt", None),
+        chat_template=getattr(task.cfg, "chat_template", True),
     )
     rng = random.Random(f"localisation-{seed}")
     with torch.random.fork_rng(devices=[]):

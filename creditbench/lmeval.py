@@ -186,6 +186,7 @@ def evaluate_suite(
     max_gen_toks: int | None = None,
     temperature: float = 0.0,
     samples: int = 1,
+    chat_template: bool = True,
 ) -> dict:
     """Run one suite (a task or a group) on one model with lm-eval; write the result and samples.
 
@@ -193,6 +194,7 @@ def evaluate_suite(
     length (prompt + generation; ``None``: the model's own). ``max_gen_toks``: overrides
     every task's generation budget. ``limit`` applies per task. ``temperature`` > 0:
     ``samples`` sampled completions per problem, scored by their mean (see :func:`sampled`).
+    ``chat_template``: false gives the prompts as plain text (SFT checkpoints).
     """
     from lm_eval import simple_evaluate
 
@@ -223,7 +225,7 @@ def evaluate_suite(
         batch_size=batch_size,
         limit=limit,
         log_samples=True,
-        apply_chat_template=True,
+        apply_chat_template=chat_template,
         gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
         random_seed=seed,
         numpy_random_seed=seed,

@@ -58,18 +58,22 @@ class Sampler:
         cfg: SamplingConfig,
         ledger: Ledger | None = None,
         system_prompt: str | None = None,
+        chat_template: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.ledger = ledger if ledger is not None else Ledger()
         self.system_prompt = system_prompt  # the task's, before every user turn
+        self.chat_template = chat_template  # false: the prompt text as is (SFT checkpoints)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode_prompt(self, text: str) -> list[int]:
         """Prompt ids through the chat template, as every policy call sees its prompt."""
+        if not self.chat_template:
+            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         ids = self.tokenizer.apply_chat_template(
             [*system, {"role": "user", "content": text}], tokenize=True, add_generation_prompt=True

@@ -81,6 +81,8 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
     system_prompt = getattr(task, "system_prompt", None)
 
     def encode_prompt(text: str) -> list[int]:
+        if not getattr(cfg.task, "chat_template", True):
+            return list(tokenizer(text, add_special_tokens=True)["input_ids"])
         system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         ids = tokenizer.apply_chat_template(
             [*system, {"role": "user", "content": text}], tokenize=True, add_generation_prompt=True

@@ -448,3 +448,29 @@ def test_config_fills_per_segmenter_defaults():
 def test_a_bad_math_task_field_is_a_config_error_naming_the_key(section, match):
     with pytest.raises(ConfigError, match=match):
         experiment_from_dict({"task": section})
+
+
+def test_gsm8k_style_completions_are_read_from_their_answer_line(tmp_path):
+    from creditbench.tasks import Problem
+    from creditbench.tasks.math import gsm8k_reward
+
+    p = Problem(id="0", prompt="q", answer="1280")
+    assert gsm8k_reward(p.answer, "48*2=96\nso 1,280 in all\n#### 1,280") == 1.0
+    assert gsm8k_reward(p.answer, "#### 1280\n") == 1.0
+    assert gsm8k_reward(p.answer, "#### 128") == 0.0
+    assert gsm8k_reward(p.answer, "\\boxed{1280}") == 0.0  # no answer line
+    assert gsm8k_reward(p.answer, "#### ") == 0.0
+
+
+def test_plain_prompts_skip_the_chat_template():
+    from creditbench.config import SamplingConfig
+    from creditbench.model import build_char_tokenizer
+    from creditbench.sampling import Sampler
+    from creditbench.tasks.chains import ALPHABET
+
+    tok = build_char_tokenizer(ALPHABET)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}={% endfor %}"
+    chat = Sampler(None, tok, SamplingConfig()).encode_prompt("1+2")
+    plain = Sampler(None, tok, SamplingConfig(), chat_template=False).encode_prompt("1+2")
+    assert plain[-3:] == tok("1+2", add_special_tokens=False)["input_ids"]
+    assert chat == tok("1+2=", add_special_tokens=False)["input_ids"]

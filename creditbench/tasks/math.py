@@ -148,6 +148,15 @@ def boxed_reward(gold: str, completion: str) -> float:
         return 0.0
 
 
+def gsm8k_reward(gold: str, completion: str) -> float:
+    """1.0 iff the completion's last ``#### n`` line states ``gold`` (math-verify); never raises."""
+    try:
+        predicted = gold_answer(completion, "gsm8k")
+        return float(predicted is not None and answers_match(gold, predicted.splitlines()[0]))
+    except Exception:
+        return 0.0
+
+
 def _merge_blank(pieces: list[str]) -> list[str]:
     """A whitespace-only piece joins the previous piece (the next one at the start)."""
     out: list[str] = []
@@ -337,7 +346,10 @@ class MathTask:
 
     # ------------------------------------------------------------- verifier
     def reward(self, problem: Problem, completion: str) -> float:
-        """1.0 iff the completion's last ``\\boxed{}`` equals the gold answer (math-verify)."""
+        """1.0 iff the completion's answer (its last ``\\boxed{}``, or its ``#### n`` line
+        with ``completion_answer: gsm8k``) equals the gold answer by math-verify."""
+        if self.cfg.completion_answer == "gsm8k":
+            return gsm8k_reward(problem.answer, completion)
         return boxed_reward(problem.answer, completion)
 
     def answer_span(self, completion: str) -> tuple[int, int] | None:

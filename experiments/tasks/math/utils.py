@@ -83,8 +83,16 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
 
 
 def process_math_test(doc: dict, results: list) -> dict[str, float]:
-    """The math task's own suite: scored by the training reward, mean over the samples."""
-    from creditbench.tasks.math import boxed_reward
+    """The math task's own suite: scored by the training reward, mean over the samples.
+
+    The final ``\\boxed{}`` answer, or the ``#### n`` line of a response without one (the
+    task's ``completion_answer: gsm8k``, for GSM8K-style SFT checkpoints).
+    """
+    from creditbench.tasks.math import boxed_reward, gsm8k_reward, last_boxed
+
+    def score(r: str) -> float:
+        reward = boxed_reward if last_boxed(r) is not None else gsm8k_reward
+        return reward(str(doc["answer"]), r)
 
     responses = results[0] if results and isinstance(results[0], list) else results
-    return {"acc": sum(boxed_reward(str(doc["answer"]), r) for r in responses) / len(responses)}
+    return {"acc": sum(score(r) for r in responses) / len(responses)}
