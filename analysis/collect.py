@@ -216,33 +216,49 @@ def _method(ledger: dict) -> str:
     return str(ledger.get("method", ""))
 
 
+WARM_START = "warm start"  # the run name of the shared initial policy's evaluation
+
+
+def base_results(exp_dir: str | Path, suites: Sequence[str]) -> pd.DataFrame:
+    """The warm start's held-out accuracy (``<experiment>/base/eval/<suite>.json``), as rows
+    of run ``warm start``; suites it was not evaluated on are absent."""
+    rows = []
+    for suite in suites:
+        path = Path(exp_dir) / "base" / "eval" / f"{suite}.json"
+        if path.is_file():
+            rows.append(_final_row(path, suite, WARM_START, "", 0))
+    df = pd.DataFrame(rows, columns=FINAL_COLUMNS)
+    return df.astype({"seed": int, "accuracy": float, "stderr": float, "n": "Int64"})
+
+
+def _final_row(path: Path, suite: str, run: str, method: str, seed: int) -> dict:
+    data = read_json(path)
+    if data.get("suite", suite) != suite:
+        raise AnalysisError(f"{path}: holds suite {data['suite']!r}, not {suite!r}")
+    accuracy = _number(data, "accuracy", path)
+    if not 0.0 <= accuracy <= 1.0:
+        raise AnalysisError(f"{path}: accuracy {accuracy} is not in [0, 1]")
+    n = _number(data, "n", path, required=False)
+    return {
+        "run": run,
+        "method": method,
+        "seed": seed,
+        "suite": suite,
+        "accuracy": accuracy,
+        "stderr": _number(data, "stderr", path, required=False),
+        "n": pd.NA if math.isnan(n) else int(n),
+        "backend": str(data.get("backend", "")),
+        "source": str(path),
+    }
+
+
 def final_results(items: Sequence[RunSeed], suites: Sequence[str]) -> pd.DataFrame:
     """Final held-out accuracy: one row per run x seed x suite."""
     rows = []
     for rs in items:
         method = _method(read_ledger(rs))
         for suite in suites:
-            path = rs.eval(suite)
-            data = read_json(path)
-            if data.get("suite", suite) != suite:
-                raise AnalysisError(f"{path}: holds suite {data['suite']!r}, not {suite!r}")
-            accuracy = _number(data, "accuracy", path)
-            if not 0.0 <= accuracy <= 1.0:
-                raise AnalysisError(f"{path}: accuracy {accuracy} is not in [0, 1]")
-            n = _number(data, "n", path, required=False)
-            rows.append(
-                {
-                    "run": rs.run,
-                    "method": method,
-                    "seed": rs.seed,
-                    "suite": suite,
-                    "accuracy": accuracy,
-                    "stderr": _number(data, "stderr", path, required=False),
-                    "n": pd.NA if math.isnan(n) else int(n),
-                    "backend": str(data.get("backend", "")),
-                    "source": str(path),
-                }
-            )
+            rows.append(_final_row(rs.eval(suite), suite, rs.run, method, rs.seed))
     df = pd.DataFrame(rows, columns=FINAL_COLUMNS)
     return df.astype({"seed": int, "accuracy": float, "stderr": float, "n": "Int64"})
 
@@ -332,6 +348,7 @@ class Results:
     curves: pd.DataFrame
     tokens: pd.DataFrame
     seconds: pd.DataFrame
+    base: pd.DataFrame | None = None  # the warm start's final evaluation, when present
 
 
 def load(
@@ -355,6 +372,7 @@ def load(
         curves=learning_curves(items) if curves else empty_curves,
         tokens=compute_tokens(items),
         seconds=compute_seconds(items),
+        base=base_results(exp_dir, suites) if final else None,
     )
 
 

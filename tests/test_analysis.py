@@ -362,3 +362,24 @@ def test_curves_average_over_seeds_with_the_band():
     )
     smoothed = figures.smooth_reward(curves, 2).smoothed.tolist()
     assert smoothed == pytest.approx([0.0, 0.5, 0.75])  # trailing window of 2 steps
+
+
+def test_the_warm_start_row_leads_the_table_when_the_base_was_evaluated(exp, tmp_path):
+    for suite, acc in zip(SUITES, [0.30, 0.10], strict=True):
+        path = exp / "base" / "eval" / f"{suite}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"suite": suite, "accuracy": acc, "stderr": 0.02, "n": 100}))
+    res = collect.load(exp)
+    assert res.base.run.unique().tolist() == [collect.WARM_START]
+    tables.write_tables(res, SUITES, tmp_path / "t", "grpo", "results/fake")
+    md = (tmp_path / "t/main.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert rows[1] == "| warm start | – | – | 30.0 | 10.0 | 20.0 |"  # first under the header
+    assert "shared initial policy" in md
+    seeds = pd.read_csv(tmp_path / "t/seeds.csv")
+    assert seeds.run.iloc[0] == "warm start" and len(seeds) == len(res.final) + 2
+
+
+def test_no_warm_start_row_without_its_evaluation(exp, tmp_path):
+    tables.write_tables(collect.load(exp), SUITES, tmp_path / "t", "grpo", "results/fake")
+    assert "warm start" not in (tmp_path / "t/main.md").read_text()

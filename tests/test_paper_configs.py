@@ -125,6 +125,7 @@ def test_the_dag_plans_one_training_job_per_run_and_seed_and_one_evaluation_per_
     n_runs, n_seeds, n_suites = len(cfg.runs), len(cfg.seeds), len(cfg.eval.suites)
     assert len(of(jobs, "train")) == n_runs * n_seeds
     assert len(of(jobs, "evaluate")) == n_runs * n_seeds * n_suites
+    assert len(of(jobs, "evaluate_base")) == n_suites  # the warm start's row of the table
     for rule in ("data", "warmstart", "tables", "figures", "all"):
         assert len(of(jobs, rule)) == 1, rule
 
@@ -134,7 +135,7 @@ def test_real_model_jobs_ask_for_gpus_and_the_rest_for_none(plans, path):
     launch = load_experiment(path).launch
     per_job = launch.gpus_per_job if launch.gpus_per_job is not None else launch.num_processes
     jobs = planned(plans, path.stem)
-    expected = {"train": per_job, "warmstart": 1, "evaluate": 1, "data": 0}
+    expected = {"train": per_job, "warmstart": 1, "evaluate": 1, "evaluate_base": 1, "data": 0}
     expected.update(tables=0, figures=0)
     for job in jobs:
         if job["rule"] in expected:

@@ -13,6 +13,7 @@ rule tables:
             f"{RUN_DIR}/eval/{{suite}}.json", run=RUNS, seed=SEEDS, suite=SUITES
         ),
         ledgers=expand(f"{RUN_DIR}/ledger.json", run=RUNS, seed=SEEDS),
+        base=expand(f"{R}/base/eval/{{suite}}.json", suite=SUITES),
     output:
         main_md=f"{R}/tables/main.md",
         main_tex=f"{R}/tables/main.tex",

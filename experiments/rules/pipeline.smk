@@ -115,3 +115,29 @@ rule evaluate:
         "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
         " --model {params.model} --suite {wildcards.suite}"
         " --out {output.result} > {log} 2>&1"
+
+
+rule evaluate_base:
+    input:
+        model=rules.warmstart.output.model,
+        test=rules.data.output.test,
+    output:
+        result=f"{R}/base/eval/{{suite}}.json",
+    log:
+        f"{R}/logs/eval/base/{{suite}}.log",
+    benchmark:
+        f"{R}/benchmarks/eval/base/{{suite}}.tsv"
+    threads: THREADS["evaluate"]
+    resources:
+        gpu=GPUS["evaluate"],
+        runtime=RUNTIME["evaluate"],
+        mem_mb=MEM_MB["evaluate"],
+    params:
+        cfg=CONFIG,
+        data=input_dir("test"),
+        model=input_dir("model"),
+        eval=fixed(EXP.eval.model_dump_json()),
+    shell:
+        "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
+        " --model {params.model} --suite {wildcards.suite}"
+        " --out {output.result} > {log} 2>&1"
