@@ -519,7 +519,9 @@ def plot_correlation(methods: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out, "diagnostics_correlation")
 
 
-def plot_vine_ranking(vine: pd.DataFrame, vine_ks: dict[str, int], out: Path) -> list[Path]:
+def plot_vine_ranking(
+    vine: pd.DataFrame, vine_ks: dict[str, int], runs: Sequence[str], out: Path
+) -> list[Path]:
     fig, ax = plt.subplots(figsize=FIGSIZE)
     if len(vine):
         ok = vine.accuracy.notna()
@@ -539,7 +541,7 @@ def plot_vine_ranking(vine: pd.DataFrame, vine_ks: dict[str, int], out: Path) ->
     else:
         ax.text(0.5, 0.5, "ranking test not run", ha="center", va="center", transform=ax.transAxes)
     ax.axhline(50, color="grey", ls="--", lw=1, label="chance (ties count 1/2)")
-    colours = run_colours(list(vine_ks))
+    colours = run_colours(list(runs))  # each run's colour in every figure
     for run, k in vine_ks.items():
         ax.axvline(k, color=colours[run], ls=":", lw=1.2, label=f"{run}: K={k}")
     ax.set_xlabel("K (Monte Carlo continuations per value estimate)")
@@ -663,7 +665,7 @@ def write_report(
     f_out = Path(figures_dir)
     with plt.rc_context(STYLE):
         plot_correlation(methods, f_out)
-        plot_vine_ranking(vine, vine_ks, f_out)
+        plot_vine_ranking(vine, vine_ks, runs, f_out)
         plot_srpo_localisation(srpo, curves, runs, smooth, f_out)
     return {"methods": methods, "srpo": srpo, "vineppo": vine}
 

@@ -49,6 +49,15 @@ seeds and the surplus draws (drawn only because the search went on) are ``seed``
 localisation calls ``localisation``; suffixes ``suffix`` (sampled tokens only, the given
 prefix is not generated). Search draws are sampled under ``seed`` and the chains that
 turn out to be base or fallback chains are moved to ``rollout`` afterwards.
+
+Per-step diagnostics (``Method.step_metrics()``, the last ``collect``'s, where the task has a
+step oracle; see ``reset_diagnostics``): how often the reset thought is the true first wrong
+thought (``srpo/localisation_accuracy``: the policy's own localisation for ``self``, chance
+for ``random``, 1 for ``oracle``), and the correction rate, the fraction of suffixes that
+succeed, from clean prefixes (h <= the first wrong thought: the reset removed the error) vs
+prefixes that already contain it (``srpo/correction_clean`` / ``srpo/correction_erroneous``;
+the paper reports 28.7% vs 16.3%), each with its count so that steps, seeds and processes
+can be pooled. They never change what is sampled or trained.
 """
 
 from __future__ import annotations
@@ -231,6 +240,55 @@ def assign_credit(
     return trained
 
 
+# ----------------------------------------------------------- diagnostics
+def reset_diagnostics(resets: list[dict]) -> dict[str, float | None]:
+    """Per-step SRPO diagnostics against the step oracle, from one record per reset state.
+
+    A record holds ``reset`` (the rule), ``reset_thought`` h, ``localisation_parsed``,
+    ``oracle_first_error`` e (None: no oracle, or none found), ``seed_thoughts`` n and
+    ``suffix_rewards`` (the rewards of the C suffixes from that reset state). Resets without
+    an oracle answer are counted in ``srpo/resets`` only.
+
+    - ``srpo/localisation_accuracy``: fraction of resets whose h equals the oracle's reset
+      thought ``clamp(e, 1, n)``; under ``self`` an answer that did not parse counts wrong.
+    - clean prefix: ``h <= e`` (the reset state y_1..y_{h-1} has no wrong thought);
+      erroneous: ``h > e``. ``srpo/correction_clean`` / ``_erroneous``: mean reward of the
+      suffixes from such states (their fraction that succeed); ``..._group``: fraction of
+      such suffix groups with at least one success. A rate over no item is None.
+    - ``srpo/reset_offset``: mean of ``h - clamp(e, 1, n)`` (negative: reset too early).
+    """
+    with_oracle = [r for r in resets if r["oracle_first_error"] is not None]
+    correct, offsets = [], []
+    suffixes = {"clean": [], "erroneous": []}
+    groups = {"clean": [], "erroneous": []}
+    for r in with_oracle:
+        h, e, n = r["reset_thought"], r["oracle_first_error"], max(r["seed_thoughts"], 1)
+        target = min(max(e, 1), n)
+        parsed = r["reset"] != "self" or bool(r["localisation_parsed"])
+        correct.append(float(parsed and h == target))
+        offsets.append(float(h - target))
+        kind = "clean" if h <= e else "erroneous"
+        rewards = [float(x) for x in r["suffix_rewards"]]
+        suffixes[kind].extend(rewards)
+        groups[kind].append(float(any(x >= 1.0 for x in rewards)))
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    out: dict[str, float | None] = {
+        "srpo/resets": float(len(resets)),
+        "srpo/resets_with_oracle": float(len(with_oracle)),
+        "srpo/localisation_accuracy": mean(correct),
+        "srpo/reset_offset": mean(offsets),
+    }
+    for kind in ("clean", "erroneous"):
+        out[f"srpo/resets_{kind}"] = float(len(groups[kind]))
+        out[f"srpo/suffixes_{kind}"] = float(len(suffixes[kind]))
+        out[f"srpo/correction_{kind}"] = mean(suffixes[kind])
+        out[f"srpo/correction_{kind}_group"] = mean(groups[kind])
+    return out
+
+
 # ------------------------------------------------------------------ method
 class Method:
     def __init__(self, params: Params, ctx):
@@ -256,6 +314,12 @@ class Method:
             if params.localisation_temperature is None
             else params.localisation_temperature
         )
+        self.last_metrics: dict[str, float | None] = {}
+
+    def step_metrics(self) -> dict[str, float | None]:
+        """Diagnostics of the last ``collect`` (``reset_diagnostics``; empty without a
+        step oracle). Counts and rates, so that steps and processes can be pooled."""
+        return dict(self.last_metrics)
 
     # --------------------------------------------------------------- sample
     def collect(self, problems, step: int) -> list[Group]:
@@ -314,6 +378,8 @@ class Method:
                 purpose="suffix",
                 prefixes=[prefix for _, prefix, _ in resets],
             )
+
+        self.last_metrics = self._diagnostics(resets, suffixes, searches, found)
 
         # 4. groups, prompt by prompt: the base group, then one suffix group per seed
         by_prompt: dict[int, list[Group]] = {}
@@ -377,6 +443,19 @@ class Method:
         """The step oracle's first wrong thought, where the task has one (diagnostics)."""
         first_error = getattr(self.ctx.task, "first_error", None)
         return first_error(problem, seed.text) if callable(first_error) else None
+
+    def _diagnostics(self, resets, suffixes, searches, found) -> dict[str, float | None]:
+        """``reset_diagnostics`` of this step's resets (nothing without a step oracle)."""
+        if not callable(getattr(self.ctx.task, "first_error", None)):
+            return {}
+        records = [
+            {**meta, "suffix_rewards": [t.reward for t in trajs]}
+            for (_, _, meta), trajs in zip(resets, suffixes, strict=True)
+        ]
+        out = reset_diagnostics(records)
+        out["srpo/fallback_prompts"] = float(sum(not f for f in found))
+        out["srpo/prompts"] = float(len(searches))
+        return out
 
     def _recharge(self, chains: list[Trajectory], src: str, dst: str) -> None:
         """Move chains sampled under ``src`` to ``dst`` in the ledger, as the sampler

@@ -1,0 +1,187 @@
+# Credit-assignment diagnostics at the warm start (results/<exp>/base): the ground truth
+# once (probe set, Monte Carlo step values, VinePPO's ranking test), one probe job per run
+# (its advantages on the probes, gradient variance, SRPO's step metrics at the base), then
+# tables and figures. Rules are thin: each calls python -m analysis.diagnostics.
+#
+# Sizes come from an optional `diagnostics:` mapping of the config (keys: DIAG_TRUTH_FLAGS,
+# DIAG_RUN_FLAGS and `enabled`; defaults: creditbench.diagnostics.DiagnosticsSettings).
+# By default the stage is part of the experiment when its task has a step oracle (chains).
+# `rule all` takes DIAGNOSTICS_TARGETS (empty when the stage is off).
+
+DIAG = dict(config.get("diagnostics") or {})
+DIAG_DIR = f"{R}/diagnostics"
+DIAG_TRUTH_FLAGS = {
+    "probes": "--probes",
+    "pool": "--pool",
+    "failure_fraction": "--failure-fraction",
+    "mc_rollouts": "--mc-rollouts",
+    "ranking_ks": "--ranking-ks",
+    "ranking_candidates": "--ranking-candidates",
+    "ranking_truth_rollouts": "--ranking-truth-rollouts",
+    "ranking_min_gap": "--ranking-min-gap",
+    "ranking_min_z": "--ranking-min-z",
+    "seed": "--seed",
+}
+DIAG_RUN_FLAGS = {"batches": "--batches", "repeats": "--repeats", "seed": "--seed"}
+_diag_unknown = set(DIAG) - set(DIAG_TRUTH_FLAGS) - set(DIAG_RUN_FLAGS) - {"enabled"}
+if _diag_unknown:
+    raise WorkflowError(
+        f"invalid config: diagnostics: unknown keys {sorted(_diag_unknown)}; allowed: "
+        f"{sorted({*DIAG_TRUTH_FLAGS, *DIAG_RUN_FLAGS, 'enabled'})}"
+    )
+DIAG_ENABLED = bool(
+    DIAG.get("enabled", callable(getattr(make_task(EXP.task), "first_error", None)))
+)
+
+
+# command-line options for the `diagnostics:` keys each command takes (lists: a,b,c)
+DIAG_OPTS = {
+    name: " ".join(
+        f"{flag}={','.join(map(str, DIAG[key])) if isinstance(DIAG[key], (list, tuple)) else DIAG[key]}"
+        for key, flag in flags.items()
+        if key in DIAG
+    )
+    for name, flags in (("truth", DIAG_TRUTH_FLAGS), ("run", DIAG_RUN_FLAGS))
+}
+
+# SRPO-family runs: the report reads their training metrics (srpo/... per step)
+SRPO_RUNS = [r for r in RUNS if EXP.runs[r]["method"] == "srpo"]
+# the jobs sample and back-propagate through the model: a GPU for a real model
+DIAG_GPUS = int(REAL_MODEL)
+DIAG_RUNTIME = RUNTIME["evaluate"]
+DIAG_MEM_MB = MEM_MB["evaluate"]
+
+
+rule diagnostics_truth:
+    input:
+        base=rules.warmstart.output.model,
+        test=rules.data.output.test,
+    output:
+        truth=f"{DIAG_DIR}/truth.json",
+    log:
+        f"{R}/logs/diagnostics/truth.log",
+    benchmark:
+        f"{R}/benchmarks/diagnostics/truth.tsv"
+    threads: 1
+    resources:
+        gpu=DIAG_GPUS,
+        runtime=DIAG_RUNTIME,
+        mem_mb=DIAG_MEM_MB,
+    params:
+        cfg=CONFIG,
+        base=input_dir("base"),
+        data=input_dir("test"),
+        opts=DIAG_OPTS["truth"],
+        sampling=json.dumps(EXP.sampling, sort_keys=True),
+    shell:
+        "python -m analysis.diagnostics truth -c {params.cfg} --base {params.base}"
+        " --data {params.data} --out {output.truth} --threads {threads} {params.opts}"
+        " > {log} 2>&1"
+
+
+rule diagnostics_run:
+    input:
+        truth=rules.diagnostics_truth.output.truth,
+        base=rules.warmstart.output.model,
+        train=rules.data.output.train,
+    output:
+        result=f"{DIAG_DIR}/runs/{{run}}.json",
+    log:
+        f"{R}/logs/diagnostics/runs/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/diagnostics/runs/{{run}}.tsv"
+    threads: 1
+    resources:
+        gpu=DIAG_GPUS,
+        runtime=DIAG_RUNTIME,
+        mem_mb=DIAG_MEM_MB,
+    params:
+        cfg=CONFIG,
+        base=input_dir("base"),
+        data=input_dir("train"),
+        opts=DIAG_OPTS["run"],
+        run=run_params,
+    shell:
+        "python -m analysis.diagnostics run -c {params.cfg} --run {wildcards.run}"
+        " --base {params.base} --data {params.data} --truth {input.truth}"
+        " --out {output.result} --threads {threads} {params.opts} > {log} 2>&1"
+
+
+rule diagnostics_report:
+    input:
+        truth=rules.diagnostics_truth.output.truth,
+        runs=expand(f"{DIAG_DIR}/runs/{{run}}.json", run=RUNS),
+        metrics=expand(
+            f"{R}/runs/{{run}}/seed{{seed}}/metrics.jsonl", run=SRPO_RUNS, seed=SEEDS
+        ),
+    output:
+        md=f"{R}/tables/diagnostics.md",
+        tex=f"{R}/tables/diagnostics.tex",
+        csv=report(
+            f"{R}/tables/diagnostics.csv",
+            caption="../report/diagnostics_table.rst",
+            category="Diagnostics",
+            subcategory="Credit assignment",
+            labels={"table": "credit-assignment diagnostics", "format": "CSV (data)"},
+        ),
+        html=report(
+            f"{R}/tables/diagnostics.html",
+            caption="../report/diagnostics_table.rst",
+            category="Diagnostics",
+            subcategory="Credit assignment",
+            labels={"table": "credit-assignment diagnostics", "format": "HTML (view)"},
+        ),
+        srpo_csv=f"{R}/tables/diagnostics_srpo.csv",
+        vineppo_csv=f"{R}/tables/diagnostics_vineppo.csv",
+        correlation=report(
+            f"{R}/figures/diagnostics_correlation.png",
+            caption="../report/diagnostics_correlation.rst",
+            category="Diagnostics",
+            subcategory="Credit assignment",
+            labels={"figure": "advantage-truth correlation"},
+        ),
+        vine_ranking=report(
+            f"{R}/figures/diagnostics_vine_ranking.png",
+            caption="../report/diagnostics_vine_ranking.rst",
+            category="Diagnostics",
+            subcategory="VinePPO",
+            labels={"figure": "ranking accuracy vs K"},
+        ),
+        srpo_localisation=report(
+            f"{R}/figures/diagnostics_srpo_localisation.png",
+            caption="../report/diagnostics_srpo_localisation.rst",
+            category="Diagnostics",
+            subcategory="SRPO",
+            labels={"figure": "localisation accuracy over training"},
+        ),
+        pdfs=expand(
+            f"{R}/figures/{{name}}.pdf",
+            name=[
+                "diagnostics_correlation",
+                "diagnostics_vine_ranking",
+                "diagnostics_srpo_localisation",
+            ],
+        ),
+    log:
+        f"{R}/logs/diagnostics/report.log",
+    benchmark:
+        f"{R}/benchmarks/diagnostics/report.tsv"
+    threads: 1
+    resources:
+        gpu=GPUS["analysis"],
+        runtime=RUNTIME["analysis"],
+        mem_mb=MEM_MB["analysis"],
+    params:
+        experiment=lambda wildcards, input: str(Path(input.truth).parents[1]),
+        tables=output_dir_of("md"),
+        figures=output_dir_of("correlation"),
+        runs=",".join(RUNS),
+        seeds=",".join(map(str, SEEDS)),
+        smooth=5,
+    shell:
+        "python -m analysis.diagnostics report {params.experiment} --runs {params.runs}"
+        " --seeds {params.seeds} --tables {params.tables} --figures {params.figures}"
+        " --smooth {params.smooth} > {log} 2>&1"
+
+
+DIAGNOSTICS_TARGETS = rules.diagnostics_report.output if DIAG_ENABLED else []
