@@ -1,5 +1,5 @@
 # creditbench: data -> warm start -> train (run x seed) -> evaluate (run x seed x suite)
-# -> tables -> figures. Configure with --configfile; the default is the embedded testbed.
+# -> tables -> figures, and credit diagnostics at the warm start. Configure with --configfile; the default is the embedded testbed.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -14,6 +14,7 @@ report: "experiments/report/workflow.rst"
 include: "experiments/rules/common.smk"
 include: "experiments/rules/pipeline.smk"
 include: "experiments/rules/analysis.smk"
+include: "experiments/rules/diagnostics.smk"
 
 
 rule all:
@@ -21,3 +22,4 @@ rule all:
     input:
         rules.tables.output,
         rules.figures.output,
+        DIAGNOSTICS_TARGETS,

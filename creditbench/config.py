@@ -457,6 +457,29 @@ class LaunchConfig(Strict):
     gpus_per_job: NonNegInt | None = None
 
 
+# ------------------------------------------------------------------ diagnostics
+class DiagnosticsConfig(Strict):
+    """Sizes of the credit diagnostics stage (``analysis.diagnostics``); null: its default.
+
+    ``enabled``: null runs the stage when the task has a step oracle (the testbed).
+    See ``creditbench.diagnostics.DiagnosticsSettings`` for each size's meaning and default.
+    """
+
+    enabled: bool | None = None
+    probes: PositiveInt | None = None
+    pool: PositiveInt | None = None
+    failure_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
+    mc_rollouts: Annotated[int, Field(ge=2)] | None = None
+    batches: PositiveInt | None = None
+    repeats: PositiveInt | None = None
+    ranking_ks: list[PositiveInt] | None = None
+    ranking_candidates: Annotated[int, Field(ge=2)] | None = None
+    ranking_truth_rollouts: Annotated[int, Field(ge=2)] | None = None
+    ranking_min_gap: Annotated[float, Field(ge=0)] | None = None
+    ranking_min_z: Annotated[float, Field(ge=0)] | None = None
+    seed: int | None = None
+
+
 # ------------------------------------------------------------------------- runs
 class RunConfig(Strict):
     """A fully resolved run: method, its parameters, and every setting it trains with."""
@@ -487,6 +510,7 @@ class ExperimentConfig(Strict):
     loss: dict[str, Any] = {}
     eval: EvalConfig = EvalConfig()
     launch: LaunchConfig = LaunchConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     runs: dict[str, dict[str, Any]] = {"grpo": {"method": "grpo"}}
 
     @field_validator("seeds")

@@ -114,12 +114,7 @@ def test_each_local_profile_plans_the_default_experiment(tmp_path, profile):
 
 def test_the_workflow_passes_snakemake_lint_and_snakefmt(tmp_path):
     lint = snakemake("--lint", "--configfile", str(SMOKE), cwd=tmp_path, check=False)
-    # environments (conda/containers) are deliberately not pinned per rule: one pip env
-    problems = [
-        ln
-        for ln in (lint.stdout + lint.stderr).splitlines()
-        if ln.strip().startswith("*") and "conda environment or container" not in ln
-    ]
+    problems = [ln for ln in (lint.stdout + lint.stderr).splitlines() if ln.strip().startswith("*")]
     assert not problems, lint.stdout + lint.stderr
     if shutil.which("snakefmt"):
         fmt = subprocess.run(

@@ -58,6 +58,8 @@ rule tables:
         f"{R}/logs/analysis/tables.log",
     benchmark:
         f"{R}/benchmarks/analysis/tables.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=GPUS["analysis"],
@@ -138,6 +140,8 @@ rule figures:
         f"{R}/logs/analysis/figures.log",
     benchmark:
         f"{R}/benchmarks/analysis/figures.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=GPUS["analysis"],

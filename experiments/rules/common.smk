@@ -28,6 +28,8 @@ RUNS = list(EXP.runs)
 SEEDS = EXP.seeds
 SUITES = suites_of(EXP)
 CONFIG = f"{R}/config.json"  # the resolved config every job reads
+# the software of every rule: one environment (`snakemake --sdm conda` builds it)
+ENV = "../../environment.yml"
 # the data step's files: train, test, then any other split a local suite reads (test_long)
 SPLITS = list(dict.fromkeys(["train", "test", *make_task(EXP.task).suites.values()]))
 

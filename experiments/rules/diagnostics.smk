@@ -3,12 +3,12 @@
 # (its advantages on the probes, gradient variance, SRPO's step metrics at the base), then
 # tables and figures. Rules are thin: each calls python -m analysis.diagnostics.
 #
-# Sizes come from an optional `diagnostics:` mapping of the config (keys: DIAG_TRUTH_FLAGS,
-# DIAG_RUN_FLAGS and `enabled`; defaults: creditbench.diagnostics.DiagnosticsSettings).
+# Sizes come from the config's `diagnostics:` section (creditbench.config.DiagnosticsConfig;
+# unset sizes take creditbench.diagnostics.DiagnosticsSettings' defaults).
 # By default the stage is part of the experiment when its task has a step oracle (chains).
 # `rule all` takes DIAGNOSTICS_TARGETS (empty when the stage is off).
 
-DIAG = dict(config.get("diagnostics") or {})
+DIAG = {k: v for k, v in EXP.diagnostics.model_dump().items() if v is not None}
 DIAG_DIR = f"{R}/diagnostics"
 DIAG_TRUTH_FLAGS = {
     "probes": "--probes",
@@ -62,6 +62,8 @@ rule diagnostics_truth:
         f"{R}/logs/diagnostics/truth.log",
     benchmark:
         f"{R}/benchmarks/diagnostics/truth.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=DIAG_GPUS,
@@ -90,6 +92,8 @@ rule diagnostics_run:
         f"{R}/logs/diagnostics/runs/{{run}}.log",
     benchmark:
         f"{R}/benchmarks/diagnostics/runs/{{run}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=DIAG_GPUS,
@@ -166,6 +170,8 @@ rule diagnostics_report:
         f"{R}/logs/diagnostics/report.log",
     benchmark:
         f"{R}/benchmarks/diagnostics/report.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=GPUS["analysis"],

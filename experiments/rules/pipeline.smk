@@ -13,6 +13,8 @@ rule data:
         f"{R}/logs/data.log",
     benchmark:
         f"{R}/benchmarks/data.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=GPUS["data"],
@@ -37,6 +39,8 @@ rule warmstart:
         f"{R}/logs/warmstart.log",
     benchmark:
         f"{R}/benchmarks/warmstart.tsv"
+    conda:
+        ENV
     threads: workflow.cores
     resources:
         gpu=GPUS["warmstart"],
@@ -72,6 +76,8 @@ rule train:
         f"{R}/logs/train/{{run}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{run}}/seed{{seed}}.tsv"
+    conda:
+        ENV
     threads: THREADS["train"]
     resources:
         gpu=GPUS["train"],
@@ -101,6 +107,8 @@ rule evaluate:
         f"{R}/logs/eval/{{run}}/seed{{seed}}/{{suite}}.log",
     benchmark:
         f"{R}/benchmarks/eval/{{run}}/seed{{seed}}/{{suite}}.tsv"
+    conda:
+        ENV
     threads: THREADS["evaluate"]
     resources:
         gpu=GPUS["evaluate"],
@@ -127,6 +135,8 @@ rule evaluate_base:
         f"{R}/logs/eval/base/{{suite}}.log",
     benchmark:
         f"{R}/benchmarks/eval/base/{{suite}}.tsv"
+    conda:
+        ENV
     threads: THREADS["evaluate"]
     resources:
         gpu=GPUS["evaluate"],
