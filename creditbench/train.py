@@ -10,11 +10,20 @@ Outputs in ``out_dir``: ``model/`` (final, ``save_pretrained``), ``metrics.jsonl
 While training, metrics go to ``metrics.partial.jsonl`` and checkpoints to
 ``checkpoints/``; neither is a declared output, so a workflow manager that clears
 the outputs of an interrupted job loses nothing.
+
+Several processes (``accelerate launch --num_processes N -m creditbench.cli train ...``):
+data-parallel RL, see ``creditbench.distributed``. Each process collects and assigns
+credit on its shard of the step's prompts; the update all-reduces gradients with the
+loss normalisers summed over processes, so N processes compute the gradient of one
+process on the whole batch (up to float error). The main process writes metrics,
+ledger (tokens summed over processes) and checkpoints; every process saves its own
+sampling RNG into the checkpoint, so a resumed run with the same N is exact too.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -25,15 +34,26 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from creditbench.config import RunConfig
+from creditbench.distributed import (
+    Collective,
+    configure_deepspeed,
+    generation_context,
+    global_ledger,
+    is_sharded,
+    make_accelerator,
+    merge_update_stats,
+    shard,
+)
 from creditbench.evaluate import evaluate_accuracy
 from creditbench.ledger import Ledger
 from creditbench.loss import completion_logprobs, policy_loss
 from creditbench.methods import MethodContext, load_method
-from creditbench.model import default_device, load_policy, load_tokenizer, save_policy
+from creditbench.model import load_policy, load_tokenizer, save_policy
 from creditbench.rollouts import Batch
 from creditbench.sampling import Sampler
 from creditbench.tasks import make_task
@@ -74,38 +94,72 @@ class Trainer:
         data_dir: str | Path,
         out_dir: str | Path,
         methods_dir: str | Path | None = None,
+        accelerator=None,
     ):
         init_model = Path(init_model)
         if not (init_model / "config.json").is_file():
             raise FileNotFoundError(f"initial model {str(init_model)!r} has no config.json")
         self.run, self.seed = run, seed
+        # one process, or one of N under ``accelerate launch`` (DDP / FSDP / DeepSpeed)
+        self.accelerator = accelerator or make_accelerator()
+        self.dist = Collective(self.accelerator)
+        self.world, self.rank = self.dist.world, self.dist.rank
+        self.is_main = self.accelerator.is_main_process
+        self.sharded = is_sharded(self.accelerator)
+        t = run.train
+        shard(range(t.prompts_per_step), self.world, 0, "train.prompts_per_step")  # fail early
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.device = default_device()
+        self.device = self.accelerator.device
         self.task = make_task(run.task, data_dir)
         self.train_problems = self.task.load("train")
         self.eval_problems = self.task.load("test")[: run.train.eval_problems]
         seed_everything(seed)
         self.tokenizer = load_tokenizer(init_model)
-        self.model = load_policy(init_model, run.model, self.device, trainable=True)
+        model = load_policy(init_model, run.model, self.device, trainable=True)
         self.ref_model = None
         if run.loss.beta > 0 and run.model.lora is None:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.ledger = Ledger()
-        self.sampler = Sampler(self.model, self.tokenizer, run.sampling, self.ledger)
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=t.lr,
+            betas=t.adam_betas,
+            weight_decay=t.weight_decay,
+        )
+        # DDP (or FSDP / DeepSpeed) wrapper for the update's forwards and backwards; one
+        # process: the model itself. The bare model is what samples, scores and is saved.
+        configure_deepspeed(self.accelerator, t.micro_batch_size)
+        self.model_wrapped, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.model = self.accelerator.unwrap_model(self.model_wrapped)
+        self.params = [p for p in self.model_wrapped.parameters() if p.requires_grad]
+        # FSDP clips through the wrapper, which accelerate finds by its parameter list
+        self._clip_params = (
+            list(self.model_wrapped.parameters())
+            if self.accelerator.distributed_type == DistributedType.FSDP
+            else self.params
+        )
+        if self.world > 1:
+            seed_everything(seed + self.rank)  # each process samples its own completions
+        self.ledger = Ledger()  # this process's tokens (global_ledger sums them)
+        self.sampler = Sampler(
+            self.model,
+            self.tokenizer,
+            run.sampling,
+            self.ledger,
+            system_prompt=getattr(self.task, "system_prompt", None),
+            chat_template=getattr(run.task, "chat_template", True),
+        )
         module = load_method(run.method, methods_dir)
+        # a method's private per-step RNGs (step_rng) differ between processes too
         self.ctx = MethodContext(
-            self.model, self.tokenizer, self.sampler, self.task, self.ledger, run, seed
+            self.model, self.tokenizer, self.sampler, self.task, self.ledger, run, seed + self.rank
         )
         self.method = module.Method(module.Params(**run.params), self.ctx)
-        t = run.train
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay
-        )
+        # not ``accelerator.prepare``d: an AcceleratedScheduler steps once per process,
+        # and one scheduler step here is one global optimiser step
         self.scheduler = get_scheduler(
             t.lr_schedule,
-            self.optimizer,
+            optimizer,
             num_warmup_steps=t.warmup_steps,
             num_training_steps=t.steps * t.epochs * t.minibatches,
         )
@@ -120,36 +174,88 @@ class Trainer:
         return sorted(done, key=lambda p: int(p.name.split("_")[1]))
 
     def save_checkpoint(self) -> None:
+        """Collective: every process calls it; the main process writes and renames.
+
+        Each other process adds its sampling RNG (``rng_rank<r>.pt``) to the temporary
+        directory before the main process marks it complete and moves it into place.
+        """
+        acc = self.accelerator
         final = self.ckpt_dir / f"step_{self.step:06d}"
         tmp = self.ckpt_dir / f".tmp_step_{self.step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp / "model")
-        torch.save(
-            {
+        acc.wait_for_everyone()
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        if self.sharded:  # partitioned weights / optimizer: every process saves its part
+            acc.save_state(str(tmp / "accelerate"))
+        elif self.is_main:
+            self.model.save_pretrained(tmp / "model")
+        ledger = self._global_ledger()
+        if self.is_main:
+            state = {
                 "step": self.step,
                 "elapsed": self.elapsed,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": None if self.sharded else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
-                "ledger": self.ledger.to_dict(),
-            },
-            tmp / "state.pt",
-        )
-        (tmp / CKPT_DONE).write_text(str(self.step))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # atomic: a checkpoint directory is complete or absent
-        for old in self._checkpoints()[: -self.run.train.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+                "ledger": ledger.to_dict(),
+            }
+            if self.world > 1:
+                state["num_processes"] = self.world
+            torch.save(state, tmp / "state.pt")
+        else:
+            torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        acc.wait_for_everyone()
+        if self.is_main:
+            (tmp / CKPT_DONE).write_text(str(self.step))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)  # atomic: a checkpoint directory is complete or absent
+            for old in self._checkpoints()[: -self.run.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
 
     def try_resume(self) -> bool:
+        """Collective: every process loads the last complete checkpoint."""
         ckpts = self._checkpoints()
         if not ckpts:
             return False
         path = ckpts[-1]
+        state = torch.load(path / "state.pt", weights_only=False)
+        if self.sharded:
+            self.accelerator.load_state(str(path / "accelerate"))
+        else:
+            self._load_weights(path / "model")
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        saved_world = state.get("num_processes", 1)
+        rank_rng = path / f"rng_rank{self.rank}.pt"
+        if self.rank == 0:
+            set_rng_state(state["rng"])
+        elif rank_rng.is_file():
+            set_rng_state(torch.load(rank_rng, weights_only=False))
+        else:
+            seed_everything(self.seed + self.rank + 1_000_003 * state["step"])
+        if saved_world != self.world and self.is_main:
+            log.warning(
+                "resuming a checkpoint of %d process(es) with %d: sampling continues from "
+                "fresh per-process seeds (not bitwise equal to an uninterrupted run)",
+                saved_world,
+                self.world,
+            )
+        # the saved ledger is the global one: the main process carries it on
+        self.ledger = Ledger.from_dict(state["ledger"]) if self.rank == 0 else Ledger()
+        self.sampler.ledger = self.ctx.ledger = self.ledger
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        if self.is_main:
+            self._truncate_metrics(self.step)
+        log.info("resumed from %s", path)
+        return True
+
+    def _load_weights(self, model_dir: Path) -> None:
         from safetensors.torch import load_file
 
-        weights = sorted((path / "model").glob("*.safetensors"))
+        weights = sorted(model_dir.glob("*.safetensors"))
         state_dict = {}
         for w in weights:
             state_dict.update(load_file(w))
@@ -162,18 +268,9 @@ class Trainer:
             real_missing = [k for k in missing if "lm_head" not in k]  # tied embeddings
             if real_missing or unexpected:
                 raise RuntimeError(
-                    f"checkpoint {path} does not match the model: {real_missing or unexpected}"
+                    f"checkpoint {model_dir.parent} does not match the model: "
+                    f"{real_missing or unexpected}"
                 )
-        state = torch.load(path / "state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        self.ledger = Ledger.from_dict(state["ledger"])
-        self.sampler.ledger = self.ctx.ledger = self.ledger
-        self.step, self.elapsed = state["step"], state["elapsed"]
-        self._truncate_metrics(self.step)
-        log.info("resumed from %s", path)
-        return True
 
     @property
     def partial_metrics(self) -> Path:
@@ -187,61 +284,105 @@ class Trainer:
             ]
             path.write_text("".join(ln + "\n" for ln in keep))
 
+    def _global_ledger(self) -> Ledger:
+        """Collective: the run's ledger, tokens summed over processes."""
+        return global_ledger(self.dist, self.ledger)
+
     # -------------------------------------------------------------- the update
     def update(self, batch: Batch) -> dict[str, float]:
+        """One policy update on this process's ``batch``.
+
+        Several processes: collective. Each process holds its shard of the step's batch;
+        minibatch normalisers (loss tokens, sequences) are summed over processes, and
+        every process runs the same number of optimiser steps and micro-batches (a
+        process short of data runs a zero-weighted one), as DDP's all-reduce requires.
+        """
         t, loss_cfg = self.run.train, self.run.loss
         temperature = self.run.sampling.temperature
+        world = self.world
         batch = batch.to(self.device)
         tokens = int((batch.prompt_mask.sum() + batch.completion_mask.sum()).item())
         n_updates = t.epochs * t.minibatches
+        scorer = self.model_wrapped if self.sharded else self.model  # no-grad forwards
         with torch.no_grad():
             if loss_cfg.beta > 0:
                 # LoRA: the reference is the base model with the adapter switched off
                 ctx = self.model.disable_adapter() if self.ref_model is None else nullcontext()
                 with ctx:
                     batch.ref_logprobs = self._logprobs(
-                        self.ref_model or self.model, batch, temperature
+                        self.ref_model or scorer, batch, temperature
                     )
                 self.ledger.add_tokens("reference", forwarded=tokens)
             if n_updates > 1:  # several passes: the ratio needs the behaviour policy's log-probs
-                batch.old_logprobs = self._logprobs(self.model, batch, temperature)
+                batch.old_logprobs = self._logprobs(scorer, batch, temperature)
                 self.ledger.add_tokens("old_logprobs", forwarded=tokens)
         stats: dict[str, list[float]] = {}
+        # accelerate's gradient state is process-global: never inherit a stale "accumulating"
+        # (an AcceleratedOptimizer skips its step while it is set)
+        self.accelerator.sync_gradients = True
         for _ in range(t.epochs):
             order = torch.randperm(len(batch)) if t.minibatches > 1 else torch.arange(len(batch))
-            for mb_idx in order.chunk(t.minibatches):
+            chunks = list(order.chunk(t.minibatches))
+            (n_chunks,) = self.dist.max([len(chunks)])
+            chunks += [order[:0]] * (n_chunks - len(chunks))
+            for mb_idx in chunks:
                 mb = batch.select(mb_idx)
                 mask = mb.loss_mask * mb.completion_mask
                 n_items, n_seq = float(mask.sum()), len(mb)
+                if world > 1:  # the normalisers of the global minibatch
+                    n_items, n_seq = self.dist.sum([n_items, n_seq])
+                    n_seq = int(n_seq)
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = t.micro_batch_size or len(mb)
                 # micro-batches of similar length pad less (normalisers span the minibatch)
                 by_length = mb.completion_mask.sum(-1).argsort().tolist()
-                for start in range(0, len(mb), micro):
-                    part = mb.select(by_length[start : start + micro])
-                    lp = self._logprobs(self.model, part, temperature)
-                    loss, st = policy_loss(
-                        lp,
-                        part.advantages,
-                        part.loss_mask * part.completion_mask,
-                        loss_cfg,
-                        old_logprobs=part.old_logprobs,
-                        ref_logprobs=part.ref_logprobs,
-                        num_items=n_items,
-                        num_sequences=n_seq,
-                    )
-                    loss.backward()
+                parts = [by_length[s : s + micro] for s in range(0, len(mb), micro or 1)]
+                (n_micro,) = self.dist.max([len(parts)])
+                for j in range(n_micro):
+                    last = j == n_micro - 1
+                    with self._accumulate(last):
+                        if j >= len(parts):  # this process has no more data: weight 0
+                            lp = self._logprobs(self.model_wrapped, batch.select([0]), temperature)
+                            self.accelerator.backward(lp.sum() * 0.0)
+                            continue
+                        part = mb.select(parts[j])
+                        lp = self._logprobs(self.model_wrapped, part, temperature)
+                        loss, st = policy_loss(
+                            lp,
+                            part.advantages,
+                            part.loss_mask * part.completion_mask,
+                            loss_cfg,
+                            old_logprobs=part.old_logprobs,
+                            ref_logprobs=part.ref_logprobs,
+                            num_items=n_items,
+                            num_sequences=n_seq,
+                        )
+                        # DDP averages gradients over processes; this process's share of
+                        # the global loss, times the process count, makes that average a sum
+                        self.accelerator.backward(loss * world if world > 1 else loss)
                     st["loss"] = loss.item()
                     for k, v in st.items():
                         stats.setdefault(k, []).append(v)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
+                grad_norm = self.accelerator.clip_grad_norm_(self._clip_params, t.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
-                stats.setdefault("grad_norm", []).append(float(grad_norm))
+                if grad_norm is not None:  # DeepSpeed clips inside its step
+                    stats.setdefault("grad_norm", []).append(float(grad_norm))
         self.ledger.add_tokens("policy_update", forwarded=tokens * n_updates)
+        stats = merge_update_stats(self.dist, stats)
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["loss"] = sum(stats["loss"]) / t.epochs / t.minibatches  # sum over micro-batches
         return out
+
+    def _accumulate(self, last: bool):
+        """Gradient accumulation over a minibatch's micro-batches: gradients are
+        synchronised across processes on the last one only (one process: nothing)."""
+        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        if self.world == 1 and not deepspeed:
+            return nullcontext()
+        if deepspeed:  # DeepSpeed steps inside backward, at an accumulation boundary only
+            self.accelerator.sync_gradients = last
+        return nullcontext() if last else self.accelerator.no_sync(self.model_wrapped)
 
     def _logprobs(self, model, batch: Batch, temperature: float) -> torch.Tensor:
         return completion_logprobs(
@@ -253,9 +394,17 @@ class Trainer:
             temperature,
         )
 
+    def _generating(self):
+        """The bare model samples (never the DDP wrapper); sharded weights are gathered."""
+        if not self.sharded:
+            return nullcontext()
+        return generation_context(self.accelerator, self.model_wrapped)
+
     # ------------------------------------------------------------------ eval
     def evaluate(self) -> dict[str, float]:
-        with self.ledger.phase("eval"):
+        """Every process evaluates the same problems (same result; sharded backends
+        need every process in every forward); the main process records it."""
+        with self.ledger.phase("eval"), self._generating():
             res = evaluate_accuracy(
                 self.model,
                 self.tokenizer,
@@ -266,21 +415,24 @@ class Trainer:
                 samples=self.run.eval.samples,
                 seed=self.run.eval.seed,
             )
-        self.model.train()
+        self.model_wrapped.train()
         return {"eval/test/accuracy": res["accuracy"], "eval/test/stderr": res["stderr"]}
 
     # ------------------------------------------------------------------ loop
     def train(self, until_step: int | None = None) -> dict:
-        """Train to ``run.train.steps`` (or stop after ``until_step``, resumable)."""
+        """Train to ``run.train.steps`` (or stop after ``until_step``, resumable).
+
+        Several processes: every process calls it; the main process writes.
+        """
         t = self.run.train
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.try_resume()
-        if not resumed:
+        if not resumed and self.is_main:
             self._truncate_metrics(-1)
         metrics_path = self.partial_metrics
         stop_at = t.steps if until_step is None else min(until_step, t.steps)
-        self.model.train()
-        with metrics_path.open("a") as metrics_file:
+        self.model_wrapped.train()
+        with metrics_path.open("a") if self.is_main else nullcontext() as metrics_file:
             if self.step == 0 and t.eval_every and stop_at > 0:
                 self._write(metrics_file, {"step": 0, **self.evaluate(), **self._counters()})
             bar = tqdm(
@@ -288,40 +440,58 @@ class Trainer:
                 initial=self.step,
                 desc=f"{self.run.name} seed {self.seed}",
                 mininterval=2.0,
+                disable=not self.is_main,
             )
             while self.step < stop_at:
                 t0 = time.perf_counter()
+                step_problems = problems_for_step(
+                    len(self.train_problems), t.prompts_per_step, self.step, self.seed
+                )
                 problems = [
                     self.train_problems[i]
-                    for i in problems_for_step(
-                        len(self.train_problems), t.prompts_per_step, self.step, self.seed
-                    )
+                    for i in shard(step_problems, self.world, self.rank, "train.prompts_per_step")
                 ]
-                with self.ledger.phase("collect"):
+                with self.ledger.phase("collect"), self._generating():
                     groups = self.method.collect(problems, self.step)
                 with self.ledger.phase("credit"):
                     trained = self.method.advantages(groups)
+                buffer = [tr for g in groups for tr in g.trajectories]
                 with self.ledger.phase("update"):
                     stats = self.update(
-                        Batch.from_trajectories(trained, self.tokenizer.pad_token_id)
+                        Batch.from_trajectories(
+                            self._batch_rows(trained, buffer), self.tokenizer.pad_token_id
+                        )
                     )
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
                 # "reward": fresh chains from the prompt only (comparable across methods);
                 # "buffer_reward": everything sampled into groups (suffixes, vines, ...)
-                buffer = [tr for g in groups for tr in g.trajectories]
                 rollouts = [tr for tr in buffer if tr.purpose == "rollout"] or buffer
+                sums = self.dist.sum(
+                    [
+                        sum(tr.reward for tr in rollouts),
+                        len(rollouts),
+                        sum(tr.reward for tr in buffer),
+                        len(buffer),
+                        sum(tr.reward for tr in trained),
+                        len(trained),
+                        sum(len(tr.completion_ids) for tr in rollouts),
+                    ]
+                )
+                r_sum, n_roll, b_sum, n_buf, t_sum, n_trained, roll_tokens = sums
                 row = {
                     "step": self.step,
-                    "reward": sum(tr.reward for tr in rollouts) / len(rollouts),
-                    "buffer_reward": sum(tr.reward for tr in buffer) / len(buffer),
-                    "trained_reward": sum(tr.reward for tr in trained) / len(trained),
-                    "completion_tokens": sum(len(tr.completion_ids) for tr in rollouts)
-                    / len(rollouts),
-                    "trained_sequences": len(trained),
+                    "reward": r_sum / n_roll,
+                    "buffer_reward": b_sum / n_buf,
+                    "trained_reward": t_sum / n_trained,
+                    "completion_tokens": roll_tokens / n_roll,
+                    "trained_sequences": int(n_trained),
                     "lr": self.scheduler.get_last_lr()[0],
                     "step_seconds": time.perf_counter() - t0,
                     **stats,
+                    # a method's own per-step diagnostics (SRPO: localisation vs the oracle);
+                    # several processes: the main process's shard
+                    **getattr(self.method, "step_metrics", dict)(),
                 }
                 if t.eval_every and (self.step % t.eval_every == 0 or self.step == t.steps):
                     row.update(self.evaluate())
@@ -335,38 +505,67 @@ class Trainer:
             bar.close()
         if self.step >= t.steps:
             self._finish()
-        return self.ledger.to_dict()
+        return self._global_ledger().to_dict()
+
+    def _batch_rows(self, trained: list, buffer: list) -> list:
+        """The trajectories this process trains on. Several processes: one whose shard
+        brought nothing to train on contributes a zero-weighted row (it must still take
+        part in every all-reduce); none anywhere fails as in one process."""
+        if self.world == 1:
+            return trained
+        (n_total,) = self.dist.sum([len(trained)])
+        if trained or not n_total:
+            return trained
+        if not buffer:
+            raise RuntimeError(f"process {self.rank} collected no trajectories")
+        row = dataclasses.replace(buffer[0], advantages=None, loss_mask=None)
+        return [row.set_credit(0.0, [0.0] * len(row.completion_ids))]
 
     def _counters(self) -> dict:
+        ledger = self._global_ledger()
         return {
-            "generated_tokens": self.ledger.total_generated,
-            "forwarded_tokens": self.ledger.total_forwarded,
+            "generated_tokens": ledger.total_generated,
+            "forwarded_tokens": ledger.total_forwarded,
             "seconds": self.elapsed,
         }
 
     def _write(self, f, row: dict) -> None:
+        if f is None:  # not the main process
+            return
         f.write(json.dumps(row) + "\n")
         f.flush()
 
     def _finish(self) -> None:
-        tmp = self.out_dir / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_policy(self.model, self.tokenizer, tmp)
-        final = self.out_dir / "model"
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        ledger = self.ledger.to_dict()
-        ledger.update(
-            {
-                "run": self.run.name,
-                "method": self.run.method,
-                "seed": self.seed,
-                "steps": self.step,
-                "train_seconds": self.elapsed,
-                "code": code_version(),
-            }
-        )
-        shutil.copyfile(self.partial_metrics, self.out_dir / ".metrics.jsonl.tmp")
-        (self.out_dir / ".metrics.jsonl.tmp").replace(self.out_dir / "metrics.jsonl")
-        atomic_write_json(self.out_dir / "ledger.json", ledger)
-        atomic_write_json(self.out_dir / "run_config.json", self.run.model_dump(mode="json"))
+        """Collective: the final model, metrics, ledger and config (main process writes)."""
+        acc = self.accelerator
+        ledger = self._global_ledger().to_dict()
+        # sharded backends: the full state dict is gathered by every process
+        state_dict = acc.get_state_dict(self.model_wrapped) if self.sharded else None
+        if self.is_main:
+            tmp = self.out_dir / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            if state_dict is None:
+                save_policy(self.model, self.tokenizer, tmp)
+            else:
+                self.model.save_pretrained(str(tmp), state_dict=state_dict)
+                self.tokenizer.save_pretrained(str(tmp))
+            final = self.out_dir / "model"
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            ledger.update(
+                {
+                    "run": self.run.name,
+                    "method": self.run.method,
+                    "seed": self.seed,
+                    "steps": self.step,
+                    "train_seconds": self.elapsed,
+                    "code": code_version(),
+                }
+            )
+            if self.world > 1:
+                ledger["num_processes"] = self.world
+            shutil.copyfile(self.partial_metrics, self.out_dir / ".metrics.jsonl.tmp")
+            (self.out_dir / ".metrics.jsonl.tmp").replace(self.out_dir / "metrics.jsonl")
+            atomic_write_json(self.out_dir / "ledger.json", ledger)
+            atomic_write_json(self.out_dir / "run_config.json", self.run.model_dump(mode="json"))
+        acc.wait_for_everyone()
