@@ -57,7 +57,10 @@ def cmd_train(cfg, args):
         run, args.seed, args.init or p["base"], args.data or p["data"], out, cfg.methods_dir
     )
     ledger = trainer.train(until_step=args.until_step)
-    print(json.dumps({"step": trainer.step, "generated_tokens": ledger["total_generated_tokens"]}))
+    if trainer.is_main:  # one summary line, not one per process
+        print(
+            json.dumps({"step": trainer.step, "generated_tokens": ledger["total_generated_tokens"]})
+        )
 
 
 def suites_of(cfg: ExperimentConfig) -> list[str]:
