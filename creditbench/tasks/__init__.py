@@ -63,6 +63,31 @@ def read_jsonl(path: Path) -> list[Problem]:
     return problems
 
 
+class SourcedSplits:
+    """The data step of a task whose splits come from ``read_source(split)`` (a hub dataset
+    or a local file): ``write_data`` materialises them as JSONL, ``load`` reads them back
+    (or reads the source directly when the task has no data directory)."""
+
+    SPLITS: tuple[str, ...] = ("train", "test")
+    data_dir: Path | None
+
+    def read_source(self, split: str) -> list[Problem]:
+        raise NotImplementedError
+
+    def write_data(self, out_dir: str | Path) -> dict[str, Path]:
+        out_dir = Path(out_dir)
+        paths = {}
+        for split in self.SPLITS:
+            paths[split] = out_dir / f"{split}.jsonl"
+            write_jsonl(paths[split], self.read_source(split))
+        return paths
+
+    def load(self, split: str) -> list[Problem]:
+        if self.data_dir is None:
+            return self.read_source(split)
+        return read_jsonl(self.data_dir / f"{split}.jsonl")
+
+
 def make_task(cfg: TaskConfig, data_dir: str | Path | None = None):
     """Build the task named by ``cfg.name``."""
     if cfg.name == "chains":

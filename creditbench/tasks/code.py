@@ -43,7 +43,7 @@ from typing import Any
 
 from creditbench.config import CodeTaskConfig
 from creditbench.sandbox import SandboxLimits, SandboxResult, check_program
-from creditbench.tasks import DataError, Problem, read_jsonl, write_jsonl
+from creditbench.tasks import DataError, Problem, SourcedSplits
 from creditbench.tasks.chains import Localisation  # one answer type for every task
 
 SPLITS = ("train", "test")
@@ -117,7 +117,7 @@ def tested_function(code: str, tests: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------- task
-class CodeTask:
+class CodeTask(SourcedSplits):
     name = "code"
     thought_stop = "\n"  # a thought is one line, newline included
 
@@ -229,20 +229,6 @@ class CodeTask:
             answer=prompt + (rec.get("canonical_solution") or ""),
             meta=meta,
         )
-
-    def write_data(self, out_dir: str | Path) -> dict[str, Path]:
-        """The data step: each split's problems, prompts and tests as JSONL."""
-        out_dir = Path(out_dir)
-        paths = {}
-        for split in SPLITS:
-            paths[split] = out_dir / f"{split}.jsonl"
-            write_jsonl(paths[split], self.read_source(split))
-        return paths
-
-    def load(self, split: str) -> list[Problem]:
-        if self.data_dir is None:
-            return self.read_source(split)
-        return read_jsonl(self.data_dir / f"{split}.jsonl")
 
     def solution(self, problem: Problem) -> str:
         """The reference program as a completion in the answer format (a code block)."""

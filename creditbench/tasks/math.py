@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from creditbench.config import MathDataConfig, MathTaskConfig
-from creditbench.tasks import DataError, Problem, read_jsonl, write_jsonl
+from creditbench.tasks import DataError, Problem, SourcedSplits
 from creditbench.tasks.chains import Localisation  # one answer type for every task
 
 SPLITS = ("train", "test")
@@ -255,7 +255,7 @@ _TESTBED_ONLY = {
 }
 
 
-class MathTask:
+class MathTask(SourcedSplits):
     name = "math"
 
     def __init__(self, cfg: MathTaskConfig, data_dir: str | Path | None = None):
@@ -329,20 +329,6 @@ class MathTask:
         if isinstance(raw, str) and raw.strip() != answer:
             meta["solution"] = raw  # the dataset's reference solution, for the record
         return Problem(id=pid, prompt=self.format_prompt(question), answer=answer, meta=meta)
-
-    def write_data(self, out_dir: str | Path) -> dict[str, Path]:
-        """The data step: each split's problems, prompts and gold answers as JSONL."""
-        out_dir = Path(out_dir)
-        paths = {}
-        for split in SPLITS:
-            paths[split] = out_dir / f"{split}.jsonl"
-            write_jsonl(paths[split], self.read_source(split))
-        return paths
-
-    def load(self, split: str) -> list[Problem]:
-        if self.data_dir is None:
-            return self.read_source(split)
-        return read_jsonl(self.data_dir / f"{split}.jsonl")
 
     # ------------------------------------------------------------- verifier
     def reward(self, problem: Problem, completion: str) -> float:
