@@ -34,13 +34,8 @@ def evaluate_accuracy(
     ledger: Ledger | None = None,
 ) -> dict:
     """Mean reward over ``samples`` completions per problem (greedy when temperature is 0)."""
-    sampler = Sampler(
-        model,
-        tokenizer,
-        sampling,
-        ledger if ledger is not None else Ledger(),
-        system_prompt=getattr(task, "system_prompt", None),
-        chat_template=getattr(task.cfg, "chat_template", True),
+    sampler = Sampler.for_task(
+        model, tokenizer, sampling, task, ledger if ledger is not None else Ledger()
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -80,14 +75,7 @@ def evaluate_localisation(
     ``own``: on the policy's own failed completions, judged by the step oracle.
     Chance level is reported for comparison (uniform over the thoughts).
     """
-    sampler = Sampler(
-        model,
-        tokenizer,
-        sampling,
-        Ledger(),
-        system_prompt=getattr(task, "system_prompt", None),
-        chat_template=getattr(task.cfg, "chat_template", True),
-    )
+    sampler = Sampler.for_task(model, tokenizer, sampling, task, Ledger())
     rng = random.Random(f"localisation-{seed}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

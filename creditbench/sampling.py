@@ -21,6 +21,7 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 
 from creditbench.config import SamplingConfig
 from creditbench.ledger import Ledger
+from creditbench.tasks import chat_messages
 
 
 @dataclass
@@ -67,6 +68,19 @@ class Sampler:
         self.system_prompt = system_prompt  # the task's, before every user turn
         self.chat_template = chat_template  # false: the prompt text as is (SFT checkpoints)
 
+    @classmethod
+    def for_task(cls, model, tokenizer, cfg: SamplingConfig, task, ledger: Ledger | None = None):
+        """A sampler that prompts as ``task`` asks: its system prompt, and the chat template
+        unless the task turns it off (``chat_template: false``, SFT checkpoints)."""
+        return cls(
+            model,
+            tokenizer,
+            cfg,
+            ledger,
+            system_prompt=getattr(task, "system_prompt", None),
+            chat_template=getattr(task.cfg, "chat_template", True),
+        )
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -74,9 +88,8 @@ class Sampler:
         """Prompt ids through the chat template, as every policy call sees its prompt."""
         if not self.chat_template:
             return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         ids = self.tokenizer.apply_chat_template(
-            [*system, {"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
+            chat_messages(text, self.system_prompt), tokenize=True, add_generation_prompt=True
         )
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in recent versions
             ids = ids["input_ids"]

@@ -141,13 +141,8 @@ class Trainer:
         if self.world > 1:
             seed_everything(seed + self.rank)  # each process samples its own completions
         self.ledger = Ledger()  # this process's tokens (global_ledger sums them)
-        self.sampler = Sampler(
-            self.model,
-            self.tokenizer,
-            run.sampling,
-            self.ledger,
-            system_prompt=getattr(self.task, "system_prompt", None),
-            chat_template=getattr(run.task, "chat_template", True),
+        self.sampler = Sampler.for_task(
+            self.model, self.tokenizer, run.sampling, self.task, self.ledger
         )
         module = load_method(run.method, methods_dir)
         # a method's private per-step RNGs (step_rng) differ between processes too

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from creditbench.config import ConfigError, ExperimentConfig
+from creditbench.config import ConfigError, ExperimentConfig, SamplingConfig
 from creditbench.evaluate import evaluate_accuracy, evaluate_localisation
 from creditbench.model import (
     build_char_tokenizer,
@@ -30,6 +30,7 @@ from creditbench.model import (
     load_tokenizer,
     save_policy,
 )
+from creditbench.sampling import Sampler
 from creditbench.tasks import make_task
 from creditbench.utils import atomic_write_json, seed_everything
 
@@ -78,16 +79,8 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
     log.info("warm start: %d parameters on %s", n_params, device)
     eos = [tokenizer.eos_token_id]
 
-    system_prompt = getattr(task, "system_prompt", None)
-
-    def encode_prompt(text: str) -> list[int]:
-        if not getattr(cfg.task, "chat_template", True):
-            return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        ids = tokenizer.apply_chat_template(
-            [*system, {"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
-        )
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    # prompts encoded exactly as the sampler will encode them in RL and evaluation
+    encode_prompt = Sampler.for_task(model, tokenizer, SamplingConfig(), task).encode_prompt
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]

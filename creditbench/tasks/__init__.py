@@ -63,6 +63,12 @@ def read_jsonl(path: Path) -> list[Problem]:
     return problems
 
 
+def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """The chat of a prompt: the optional system message, then the user turn."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": prompt}]
+
+
 class SourcedSplits:
     """The data step of a task whose splits come from ``read_source(split)`` (a hub dataset
     or a local file): ``write_data`` materialises them as JSONL, ``load`` reads them back
@@ -70,6 +76,11 @@ class SourcedSplits:
 
     SPLITS: tuple[str, ...] = ("train", "test")
     data_dir: Path | None
+    system_prompt: str | None = None
+
+    def messages(self, prompt: str) -> list[dict[str, str]]:
+        """The chat messages of a prompt: the optional system prompt, then the user turn."""
+        return chat_messages(prompt, self.system_prompt)
 
     def read_source(self, split: str) -> list[Problem]:
         raise NotImplementedError

@@ -148,11 +148,6 @@ class CodeTask(SourcedSplits):
             .replace("{problem}", problem)  # last: the problem's own text stays as it is
         )
 
-    def messages(self, prompt: str) -> list[dict[str, str]]:
-        """The chat messages of a prompt: the optional system prompt, then the user turn."""
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return [*system, {"role": "user", "content": prompt}]
-
     def read_source(self, split: str) -> list[Problem]:
         """The problems of ``split`` from its configured source, subsampled if asked."""
         if split not in SPLITS:

@@ -279,11 +279,6 @@ class MathTask(SourcedSplits):
         """The user message of a problem (``str.replace``: LaTeX braces need no escaping)."""
         return self.cfg.prompt_template.replace("{question}", question)
 
-    def messages(self, prompt: str) -> list[dict[str, str]]:
-        """The chat messages of a prompt: the optional system prompt, then the user turn."""
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return [*system, {"role": "user", "content": prompt}]
-
     def read_source(self, split: str) -> list[Problem]:
         """The problems of ``split`` from its configured source, subsampled if asked."""
         if split not in SPLITS:
