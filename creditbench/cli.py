@@ -70,33 +70,34 @@ def suites_of(cfg: ExperimentConfig) -> list[str]:
 
 
 def cmd_evaluate(cfg, args):
+    """Held-out accuracy of one model on one or more suites, one result file per suite.
+
+    Several suites (``--suite`` repeated) share one process and, with lm-eval, one
+    harness call: the model is loaded once.
+    """
     from creditbench.tasks import make_task
 
     p = _paths(cfg, args.results)
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"model {str(model_dir)!r} has no config.json")
+    suites = list(dict.fromkeys(args.suite or ["chains_test"]))
+    if args.out and len(suites) > 1:
+        raise ConfigError(f"--out names one result file; {len(suites)} suites need --out-dir")
+    out_dir = Path(args.out_dir) if args.out_dir else model_dir.parent / "eval"
+    outs = {s: Path(args.out) if args.out else out_dir / f"{s}.json" for s in suites}
     task = make_task(cfg.task, args.data or p["data"])
-    split = task.suites.get(args.suite)  # a local suite reads the experiment's own data
-    out = Path(args.out or model_dir.parent / "eval" / f"{args.suite}.json")
     ev = cfg.eval
     if ev.backend == "lm-eval":
-        from creditbench.lmeval import evaluate_suite
+        from creditbench.lmeval import evaluate_suites
         from creditbench.model import default_device
 
-        data_file = task.data_dir / f"{split}.jsonl" if split else ev.data_files.get(args.suite)
-        for f in args.data_file or []:  # [TASK=]PATH from the command line wins
-            task_name, path = f.split("=", 1) if "=" in f else (args.suite, f)
-            data_file = {**(data_file if isinstance(data_file, dict) else {}), task_name: path}
-        if isinstance(data_file, dict) and set(data_file) == {args.suite}:
-            data_file = data_file[args.suite]
-        if isinstance(data_file, Path) and not data_file.is_file():
-            raise FileNotFoundError(f"suite {args.suite!r} needs {data_file}")
-        result = evaluate_suite(
+        if args.data_file and len(suites) > 1:
+            raise ConfigError("--data-file is for one suite; several take eval.data_files")
+        jobs = {s: (outs[s], _suite_data(task, ev, s, args.data_file)) for s in suites}
+        results = evaluate_suites(
             model_dir,
-            args.suite,
-            out,
-            data_file=data_file,
+            jobs,
             backend=ev.lm_eval_model,
             limit=ev.problems,
             batch_size=ev.batch_size,
@@ -114,27 +115,48 @@ def cmd_evaluate(cfg, args):
         from creditbench.model import load_policy, load_tokenizer
         from creditbench.utils import atomic_write_json
 
-        if split is None:
+        missing = [s for s in suites if s not in task.suites]
+        if missing:
             raise ConfigError(
                 f"eval.backend 'creditbench' evaluates local suites only {list(task.suites)}, "
-                f"not {args.suite!r}"
+                f"not {missing}"
             )
         model = load_policy(model_dir, cfg.model, trainable=False)
-        result = {"suite": args.suite, "model": str(model_dir), "backend": "creditbench"}
-        result.update(
-            evaluate_accuracy(
-                model,
-                load_tokenizer(model_dir),
-                task,
-                task.load(split)[: ev.problems],
-                cfg.run(next(iter(cfg.runs))).sampling,
-                temperature=ev.temperature,
-                samples=ev.samples,
-                seed=ev.seed,
+        tokenizer = load_tokenizer(model_dir)
+        results = {}
+        for suite in suites:
+            result = {"suite": suite, "model": str(model_dir), "backend": "creditbench"}
+            result.update(
+                evaluate_accuracy(
+                    model,
+                    tokenizer,
+                    task,
+                    task.load(task.suites[suite])[: ev.problems],
+                    cfg.run(next(iter(cfg.runs))).sampling,
+                    temperature=ev.temperature,
+                    samples=ev.samples,
+                    seed=ev.seed,
+                )
             )
-        )
-        atomic_write_json(out, result)
-    print(json.dumps({k: result[k] for k in ("suite", "accuracy", "n")}))
+            atomic_write_json(outs[suite], result)
+            results[suite] = result
+    for result in results.values():
+        print(json.dumps({k: result[k] for k in ("suite", "accuracy", "n")}))
+
+
+def _suite_data(task, ev, suite: str, data_file_args: list[str] | None):
+    """A suite's local data: the experiment's own split for a local suite, else
+    ``eval.data_files``; ``--data-file [TASK=]PATH`` (one suite only) wins."""
+    split = task.suites.get(suite)  # a local suite reads the experiment's own data
+    data_file = task.data_dir / f"{split}.jsonl" if split else ev.data_files.get(suite)
+    for f in data_file_args or []:
+        task_name, path = f.split("=", 1) if "=" in f else (suite, f)
+        data_file = {**(data_file if isinstance(data_file, dict) else {}), task_name: path}
+    if isinstance(data_file, dict) and set(data_file) == {suite}:
+        data_file = data_file[suite]
+    if isinstance(data_file, Path) and not data_file.is_file():
+        raise FileNotFoundError(f"suite {suite!r} needs {data_file}")
+    return data_file
 
 
 def cmd_run(cfg, args):
@@ -172,8 +194,10 @@ def cmd_run(cfg, args):
                         argparse.Namespace(
                             model=out / "model",
                             data=None,
-                            suite=suite,
+                            suite=[suite],
                             out=path,
+                            out_dir=None,
+                            data_file=None,
                             results=args.results,
                         ),
                     )
@@ -218,11 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data")
     sp.add_argument("--out")
     sp.add_argument("--until-step", type=int, help="stop after this step (resumable)")
-    sp = add("evaluate", cmd_evaluate, "held-out accuracy of a model on one suite")
+    sp = add("evaluate", cmd_evaluate, "held-out accuracy of a model on one or more suites")
     sp.add_argument("--model", required=True)
-    sp.add_argument("--suite", default="chains_test", help="an lm-eval task name")
+    sp.add_argument(
+        "--suite",
+        action="append",
+        help="an lm-eval task or group name (repeat for several; default chains_test)",
+    )
     sp.add_argument("--data")
-    sp.add_argument("--out")
+    sp.add_argument("--out", help="the result file (one suite)")
+    sp.add_argument(
+        "--out-dir",
+        help="the results' folder, <suite>.json each (default: eval/ next to the model)",
+    )
     sp.add_argument(
         "--data-file",
         action="append",

@@ -407,7 +407,7 @@ class LossConfig(Strict):
 
 # -------------------------------------------------------------------- evaluation
 class EvalConfig(Strict):
-    """Final evaluation of every run x seed, one job per suite.
+    """Final evaluation of every run x seed: one job per suite, or per run x seed.
 
     ``suites``: lm-eval task names (``null``: the task's own local suites, e.g.
     ``chains_test`` and ``chains_test_long``). ``backend``: ``lm-eval`` (the harness,
@@ -419,6 +419,11 @@ class EvalConfig(Strict):
     own); ``max_gen_toks`` overrides the suites' generation budgets. ``data_files``:
     suites read from local files in their dataset's format, ``{suite: path}`` or, for a
     group, ``{suite: {task: path}}`` (offline use; otherwise real suites load from the hub).
+    ``group_suites``: one evaluation job per run x seed for all suites (one process, one
+    harness call, the model loaded once) instead of one job per suite. Worth it where a
+    suite evaluates in less time than a process takes to start (a tiny model: about 2 s
+    of generation against 7 s of importing torch, transformers and lm-eval); per suite
+    (the default) where suites are long and run in parallel on several GPUs.
     """
 
     suites: list[str] | None = None
@@ -432,6 +437,7 @@ class EvalConfig(Strict):
     max_length: PositiveInt | None = None
     max_gen_toks: PositiveInt | None = None
     data_files: dict[str, str | dict[str, str]] = {}
+    group_suites: bool = False
 
     @model_validator(mode="after")
     def _samples(self) -> EvalConfig:

@@ -148,24 +148,32 @@ def _leaf_tasks(results: dict, suite: str) -> list[str]:
     return tasks
 
 
-def suite_task_manager(suite: str, tasks_dir: str | Path = TASKS_DIR):
-    """A ``TaskManager`` that knows ``suite``: over ``tasks_dir`` alone when the suite and
-    (for a group) its members are there, else with lm-eval's own tasks too (indexing
-    those takes seconds)."""
+def suite_task_manager(suite: str | list[str], tasks_dir: str | Path = TASKS_DIR):
+    """A ``TaskManager`` that knows ``suite`` (or every one of a list): over ``tasks_dir``
+    alone when the suites and (for a group) their members are there, else with lm-eval's
+    own tasks too (indexing those takes seconds)."""
     from lm_eval.tasks import TaskManager
 
+    suites = [suite] if isinstance(suite, str) else list(suite)
     ours = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-    entry = ours.task_index.get(suite)
-    members = (entry.cfg or {}).get("task", []) if entry is not None else []
-    if entry is not None and all(
-        (m.get("task") if isinstance(m, dict) else m) in ours.task_index
-        for m in (members if isinstance(members, list) else [])
-    ):
+
+    def known(name: str) -> bool:
+        entry = ours.task_index.get(name)
+        if entry is None:
+            return False
+        members = (entry.cfg or {}).get("task", [])
+        return all(
+            (m.get("task") if isinstance(m, dict) else m) in ours.task_index
+            for m in (members if isinstance(members, list) else [])
+        )
+
+    if all(known(s) for s in suites):
         return ours
     task_manager = TaskManager(include_path=str(tasks_dir))
-    if suite not in task_manager.all_tasks:
+    unknown = [s for s in suites if s not in task_manager.all_tasks]
+    if unknown:
         raise ValueError(
-            f"unknown evaluation suite {suite!r}; tasks under {tasks_dir} and lm-eval's"
+            f"unknown evaluation suite(s) {unknown}; tasks under {tasks_dir} and lm-eval's"
         )
     return task_manager
 
@@ -175,6 +183,15 @@ def evaluate_suite(
     suite: str,
     out: str | Path,
     data_file: DataFiles | None = None,
+    **kwargs,
+) -> dict:
+    """Run one suite (a task or a group) on one model; see :func:`evaluate_suites`."""
+    return evaluate_suites(model_dir, {suite: (out, data_file)}, **kwargs)[suite]
+
+
+def evaluate_suites(
+    model_dir: str | Path,
+    suites: Mapping[str, tuple[str | Path, DataFiles | None]],
     backend: str = "hf",
     limit: int | None = None,
     batch_size: int = 64,
@@ -187,40 +204,47 @@ def evaluate_suite(
     temperature: float = 0.0,
     samples: int = 1,
     chat_template: bool = True,
-) -> dict:
-    """Run one suite (a task or a group) on one model with lm-eval; write the result and samples.
+) -> dict[str, dict]:
+    """Run suites (tasks or groups) on one model in one lm-eval call; write each result
+    and its samples. Returns ``{suite: record}``.
 
-    ``data_file``: see :func:`suite_spec`. ``max_length``: the HF backend's context
-    length (prompt + generation; ``None``: the model's own). ``max_gen_toks``: overrides
-    every task's generation budget. ``limit`` applies per task. ``temperature`` > 0:
-    ``samples`` sampled completions per problem, scored by their mean (see :func:`sampled`).
-    ``chat_template``: false gives the prompts as plain text (SFT checkpoints).
+    ``suites``: ``{suite: (out_path, data_file)}``, ``data_file`` as in :func:`suite_spec`.
+    One call loads the model once; the suites' numbers are the same in distribution as
+    one call per suite, not bitwise (the sampling RNG runs through the suites in turn).
+    ``max_length``: the HF backend's context length (prompt + generation; ``None``: the
+    model's own). ``max_gen_toks``: overrides every task's generation budget. ``limit``
+    applies per task. ``temperature`` > 0: ``samples`` sampled completions per problem,
+    scored by their mean (see :func:`sampled`). ``chat_template``: false gives the
+    prompts as plain text (SFT checkpoints).
     """
     from lm_eval import simple_evaluate
 
-    task_manager = suite_task_manager(suite, tasks_dir)
+    task_manager = suite_task_manager(list(suites), tasks_dir)
     model_args = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "hf":
         model_args["device"] = device
         if max_length is not None:
             model_args["max_length"] = max_length
-    spec = suite_spec(task_manager, suite, data_file)
-    if temperature > 0:
-        if not isinstance(spec, dict):
-            from lm_eval.tasks._yaml_loader import load_yaml
+    specs = []
+    for suite, (_, data_file) in suites.items():
+        spec = suite_spec(task_manager, suite, data_file)
+        if temperature > 0:
+            if not isinstance(spec, dict):
+                from lm_eval.tasks._yaml_loader import load_yaml
 
-            entry = task_manager.task_index[suite]
-            spec = load_yaml(entry.yaml_path, resolve_func=True) if entry.yaml_path else None
-            if spec is None or "group" in spec:
-                raise ValueError(
-                    f"sampled evaluation (temperature {temperature}) needs a single task with "
-                    f"a YAML config; {suite!r} is not one"
-                )
-        spec = sampled(spec, temperature, samples)
+                entry = task_manager.task_index[suite]
+                spec = load_yaml(entry.yaml_path, resolve_func=True) if entry.yaml_path else None
+                if spec is None or "group" in spec:
+                    raise ValueError(
+                        f"sampled evaluation (temperature {temperature}) needs a single task "
+                        f"with a YAML config; {suite!r} is not one"
+                    )
+            spec = sampled(spec, temperature, samples)
+        specs.append(spec)
     results = simple_evaluate(
         model=backend,
         model_args=model_args,
-        tasks=[spec],
+        tasks=specs,
         task_manager=task_manager,
         batch_size=batch_size,
         limit=limit,
@@ -232,7 +256,10 @@ def evaluate_suite(
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
-    return write_suite_result(results, suite, model_dir, backend, out)
+    return {
+        suite: write_suite_result(results, suite, model_dir, backend, out)
+        for suite, (out, _) in suites.items()
+    }
 
 
 def write_suite_result(results: dict, suite: str, model_dir, backend: str, out) -> dict:

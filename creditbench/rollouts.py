@@ -7,6 +7,7 @@ tokens; the engine pads those into a ``Batch`` for the loss.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,6 +89,10 @@ def group_normalise(
     return centred / (s + eps)
 
 
+# each tokenizer's decoding of single token ids, filled as ids are met
+_PIECES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def thought_token_ends(ids: list[int], tokenizer, segment) -> list[int]:
     """Exclusive token offsets where each thought of the decoded text ends.
 
@@ -115,7 +120,12 @@ def thought_token_ends(ids: list[int], tokenizer, segment) -> list[int]:
 
 def decoded_lengths(ids: list[int], tokenizer) -> list[int]:
     """``len(decode(ids[:j+1]))`` for every j, in one pass when tokens decode independently."""
-    pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
+    cache = _PIECES.setdefault(tokenizer, {})
+    pieces = []
+    for t in ids:
+        if t not in cache:  # a token's own decoding never changes: decode each id once
+            cache[t] = tokenizer.decode([t], skip_special_tokens=True)
+        pieces.append(cache[t])
     joined = "".join(pieces)
     if joined == tokenizer.decode(ids, skip_special_tokens=True):
         return list(np.cumsum([len(p) for p in pieces]))

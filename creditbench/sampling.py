@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from creditbench import faults
 from creditbench.config import SamplingConfig
 from creditbench.ledger import Ledger
 from creditbench.tasks import chat_messages
@@ -138,6 +139,7 @@ class Sampler:
                 )
                 out.extend(gens)
                 forwarded += prefill + sum(len(g.ids) for g in gens)
+                faults.point("generate")
         self.ledger.add_tokens(purpose, generated=sum(len(g.ids) for g in out), forwarded=forwarded)
         return out
 

@@ -38,6 +38,7 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from creditbench import faults
 from creditbench.config import RunConfig
 from creditbench.distributed import (
     Collective,
@@ -59,7 +60,9 @@ from creditbench.sampling import Sampler
 from creditbench.tasks import make_task
 from creditbench.utils import (
     atomic_write_json,
+    atomic_write_text,
     code_version,
+    replace_dir,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -83,6 +86,45 @@ def _epoch_order(n_problems: int, seed: int, epoch: int) -> tuple[int, ...]:
     order = list(range(n_problems))
     random.Random(f"data-{seed}-{epoch}").shuffle(order)
     return tuple(order)
+
+
+def write_manifest(ckpt: Path, step: int) -> None:
+    """Mark ``ckpt`` complete: the marker lists every file in it with its size in bytes,
+    and is written (atomically) last."""
+    files = {
+        str(f.relative_to(ckpt)): f.stat().st_size
+        for f in sorted(ckpt.rglob("*"))
+        if f.is_file() and f.name != CKPT_DONE
+    }
+    atomic_write_json(ckpt / CKPT_DONE, {"step": step, "files": files})
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` must not be loaded (``None``: it is complete and intact).
+
+    A checkpoint is written to a temporary directory, marked complete and renamed, so a
+    process killed while writing leaves no ``step_*`` directory at all. This catches what
+    happens afterwards: a marker that is missing or unreadable, a file listed in it that
+    is gone or has another size (a partial copy, a full disk, a hand-deleted file).
+    """
+    marker = ckpt / CKPT_DONE
+    if not marker.is_file():
+        return f"no {CKPT_DONE} marker (it was never finished)"
+    try:
+        manifest = json.loads(marker.read_text())
+        files = manifest["files"]
+        step = int(manifest["step"])
+    except (ValueError, KeyError, TypeError) as e:
+        return f"its {CKPT_DONE} marker is unreadable ({e})"
+    if step != int(ckpt.name.split("_")[1]):
+        return f"its marker is for step {step}"
+    for name, size in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if f.stat().st_size != size:
+            return f"{f} has {f.stat().st_size} bytes, the marker says {size}"
+    return None
 
 
 class Trainer:
@@ -163,10 +205,17 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _checkpoints(self) -> list[Path]:
+        """The complete, intact checkpoints, oldest first (see :func:`checkpoint_problem`)."""
         if not self.ckpt_dir.is_dir():
             return []
-        done = [p for p in self.ckpt_dir.glob("step_*") if (p / CKPT_DONE).is_file()]
-        return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+        good = []
+        for p in self.ckpt_dir.glob("step_*"):
+            problem = checkpoint_problem(p)
+            if problem is None:
+                good.append(p)
+            elif self.is_main:
+                log.warning("checkpoint %s is not used: %s", p, problem)
+        return sorted(good, key=lambda p: int(p.name.split("_")[1]))
 
     def save_checkpoint(self) -> None:
         """Collective: every process calls it; the main process writes and renames.
@@ -186,6 +235,7 @@ class Trainer:
             acc.save_state(str(tmp / "accelerate"))
         elif self.is_main:
             self.model.save_pretrained(tmp / "model")
+        faults.point("checkpoint")
         ledger = self._global_ledger()
         if self.is_main:
             state = {
@@ -203,9 +253,8 @@ class Trainer:
             torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
         acc.wait_for_everyone()
         if self.is_main:
-            (tmp / CKPT_DONE).write_text(str(self.step))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)  # atomic: a checkpoint directory is complete or absent
+            write_manifest(tmp, self.step)
+            replace_dir(tmp, final)  # a checkpoint directory is complete or absent
             for old in self._checkpoints()[: -self.run.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -273,11 +322,17 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.partial_metrics
-        if path.is_file():
-            keep = [
-                ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
-            ]
-            path.write_text("".join(ln + "\n" for ln in keep))
+        if not path.is_file():
+            return
+        keep = []
+        for ln in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(ln)
+            except ValueError:  # the last line of a process killed mid-write
+                continue
+            if row["step"] <= step:
+                keep.append(ln)
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _global_ledger(self) -> Ledger:
         """Collective: the run's ledger, tokens summed over processes."""
@@ -360,6 +415,7 @@ class Trainer:
                         stats.setdefault(k, []).append(v)
                 grad_norm = self.accelerator.clip_grad_norm_(self._clip_params, t.max_grad_norm)
                 self.optimizer.step()
+                faults.point("optimizer")
                 self.scheduler.step()
                 if grad_norm is not None:  # DeepSpeed clips inside its step
                     stats.setdefault("grad_norm", []).append(float(grad_norm))
@@ -439,6 +495,7 @@ class Trainer:
             )
             while self.step < stop_at:
                 t0 = time.perf_counter()
+                faults.working_on(self.step + 1)
                 step_problems = problems_for_step(
                     len(self.train_problems), t.prompts_per_step, self.step, self.seed
                 )
@@ -544,9 +601,8 @@ class Trainer:
             else:
                 self.model.save_pretrained(str(tmp), state_dict=state_dict)
                 self.tokenizer.save_pretrained(str(tmp))
-            final = self.out_dir / "model"
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            faults.point("finish")
+            replace_dir(tmp, self.out_dir / "model")
             ledger.update(
                 {
                     "run": self.run.name,

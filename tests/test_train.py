@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from creditbench.train import Trainer, problems_for_step
+from creditbench import faults
+from creditbench.train import Trainer, checkpoint_problem, problems_for_step
 
 
 def _weights(model_dir):
@@ -50,14 +51,56 @@ def test_resumed_run_ends_bitwise_equal_to_uninterrupted_run(small_experiment, t
         assert ra["generated_tokens"] == rb["generated_tokens"]
 
 
-def test_resume_skips_a_torn_checkpoint(small_experiment, tmp_path):
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda c: (c / "COMPLETE").unlink(), "no COMPLETE marker"),
+        (lambda c: (c / "COMPLETE").write_text("{not json"), "marker is unreadable"),
+        (lambda c: (c / "model" / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda c: (c / "state.pt").unlink(), "state.pt is missing"),
+        (lambda c: (c / "state.pt").write_bytes(b"\0" * 10), "state.pt has 10 bytes"),
+    ],
+    ids=["no-marker", "bad-marker", "missing-weights", "missing-state", "truncated-state"],
+)
+def test_resume_detects_a_damaged_checkpoint_and_uses_the_previous_one(
+    small_experiment, tmp_path, caplog, damage, problem
+):
     t = _trainer(small_experiment, tmp_path / "r", steps=4, checkpoint_every=1)
     t.train(until_step=2)
-    torn = tmp_path / "r" / "checkpoints" / "step_000002" / "COMPLETE"
-    torn.unlink()  # as if the process died while writing step 2
+    ckpt = tmp_path / "r" / "checkpoints" / "step_000002"
+    assert checkpoint_problem(ckpt) is None
+    manifest = json.loads((ckpt / "COMPLETE").read_text())
+    assert manifest["step"] == 2
+    assert manifest["files"]["state.pt"] == (ckpt / "state.pt").stat().st_size
+    assert "model/model.safetensors" in manifest["files"]
+    damage(ckpt)
+    assert problem in checkpoint_problem(ckpt)
     again = _trainer(small_experiment, tmp_path / "r", steps=4, checkpoint_every=1)
-    assert again.try_resume()
-    assert again.step == 1
+    with caplog.at_level("WARNING", logger="creditbench.train"):
+        assert again.try_resume()
+    assert again.step == 1  # step 2's checkpoint is never loaded
+    assert problem in caplog.text and "step_000002" in caplog.text
+
+
+def test_resume_drops_a_torn_metrics_line(small_experiment, tmp_path):
+    t = _trainer(small_experiment, tmp_path / "r", steps=3, checkpoint_every=1, eval_every=0)
+    t.train(until_step=2)
+    partial = tmp_path / "r" / "metrics.partial.jsonl"
+    with partial.open("a") as f:
+        f.write('{"step": 3, "rew')  # killed while writing step 3's row
+    again = _trainer(small_experiment, tmp_path / "r", steps=3, checkpoint_every=1, eval_every=0)
+    again.train()
+    rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_a_fault_spec_is_parsed_or_rejected_naming_the_entry():
+    assert faults.parse("generate:2, checkpoint:13") == {("generate", 2), ("checkpoint", 13)}
+    assert faults.parse(None) == set() and faults.parse("") == set()
+    with pytest.raises(ValueError, match="'optimiser:2'"):
+        faults.parse("optimiser:2")
+    with pytest.raises(ValueError, match="'generate'"):
+        faults.parse("generate")
 
 
 def test_ledger_generated_tokens_equal_sum_of_sampled_completion_lengths(

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
-def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    *args: str, cwd: Path, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = ["snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -68,6 +74,44 @@ def test_smoke_experiment_runs_every_rule_and_writes_the_output_contract(smoke_r
 def test_rerunning_a_finished_experiment_does_nothing(smoke_run):
     proc = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke_run)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_a_training_job_killed_anywhere_resumes_to_the_uninterrupted_result(smoke_run, tmp_path):
+    """SIGKILL during generation, the optimiser step, checkpoint writing and the final
+    save, one after another; rerunning snakemake each time resumes, and the run ends
+    bitwise equal to the uninterrupted one (CPU)."""
+    work = tmp_path / "work"
+    shutil.copytree(smoke_run, work)  # copy2: modification times kept, so nothing upstream reruns
+    run = work / "results" / "smoke" / "runs" / "grpo" / "seed0"
+    reference = load_file(run / "model" / "model.safetensors")
+    reference_rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    reference_tokens = json.loads((run / "ledger.json").read_text())["total_generated_tokens"]
+    shutil.rmtree(run)
+    target = "results/smoke/runs/grpo/seed0/ledger.json"
+    args = (target, "--cores", "1", "--configfile", str(SMOKE))  # --configfile takes nargs
+    # the smoke run checkpoints every step; each fault hits step 2 of 2
+    for fault in ("generate:2", "optimizer:2", "checkpoint:2", "finish:2"):
+        proc = snakemake(*args, cwd=work, check=False, env={"CREDITBENCH_FAULT": fault})
+        assert proc.returncode != 0 and "Error in rule train" in proc.stderr, fault
+        assert not (run / "ledger.json").exists(), fault
+        steps = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+        assert steps == (["step_000001", "step_000002"] if fault == "finish:2" else ["step_000001"])
+    if (run / "checkpoints" / ".tmp_step_000002").exists():  # left by the checkpoint kill
+        assert not (run / "checkpoints" / ".tmp_step_000002" / "COMPLETE").exists()
+    snakemake(*args, cwd=work)
+
+    resumed = load_file(run / "model" / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(resumed[k], reference[k]), k
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for a, b in zip(rows, reference_rows, strict=True):
+        for key in ("reward", "loss", "generated_tokens", "eval/test/accuracy"):
+            assert a.get(key) == b.get(key), key
+    assert json.loads((run / "ledger.json").read_text())["total_generated_tokens"] == (
+        reference_tokens
+    )
 
 
 def test_a_run_added_to_the_config_appears_in_the_dag(smoke_run, tmp_path):

@@ -54,6 +54,26 @@ def experiment_dir(wildcards, input):
     return str(Path(input.ledgers[0]).parents[3])
 
 
+# Evaluation jobs: one per run x seed x suite, or (eval.group_suites) one per run x seed
+# writing every suite's result. Their results, logs and benchmarks are named by EVAL_JOB.
+GROUP_SUITES = EXP.eval.group_suites
+EVAL_JOB = "all" if GROUP_SUITES else "{suite}"
+
+
+def eval_results(folder):
+    """An evaluation job's result files under ``folder`` (which may hold wildcards)."""
+    if GROUP_SUITES:
+        return expand(f"{folder}/{{suite}}.json", suite=SUITES, allow_missing=True)
+    return f"{folder}/{{suite}}.json"
+
+
+def suite_args(wildcards):
+    """The evaluation command's suites: the job's own, or every suite of the experiment."""
+    return " ".join(
+        f"--suite {s}" for s in (SUITES if GROUP_SUITES else [wildcards.suite])
+    )
+
+
 def output_dir(wildcards, output):
     return str(Path(output[0]).parent)
 

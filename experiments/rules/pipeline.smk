@@ -102,11 +102,11 @@ rule evaluate:
         model=rules.train.output.model,
         test=rules.data.output.test,
     output:
-        result=f"{R}/runs/{{run}}/seed{{seed}}/eval/{{suite}}.json",
+        results=eval_results(f"{R}/runs/{{run}}/seed{{seed}}/eval"),
     log:
-        f"{R}/logs/eval/{{run}}/seed{{seed}}/{{suite}}.log",
+        f"{R}/logs/eval/{{run}}/seed{{seed}}/{EVAL_JOB}.log",
     benchmark:
-        f"{R}/benchmarks/eval/{{run}}/seed{{seed}}/{{suite}}.tsv"
+        f"{R}/benchmarks/eval/{{run}}/seed{{seed}}/{EVAL_JOB}.tsv"
     conda:
         ENV
     threads: THREADS["evaluate"]
@@ -119,10 +119,11 @@ rule evaluate:
         data=input_dir("test"),
         model=input_dir("model"),
         eval=fixed(EXP.eval.model_dump_json()),
+        suites=suite_args,
+        out=output_dir,
     shell:
         "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
-        " --model {params.model} --suite {wildcards.suite}"
-        " --out {output.result} > {log} 2>&1"
+        " --model {params.model} {params.suites} --out-dir {params.out} > {log} 2>&1"
 
 
 rule evaluate_base:
@@ -130,11 +131,11 @@ rule evaluate_base:
         model=rules.warmstart.output.model,
         test=rules.data.output.test,
     output:
-        result=f"{R}/base/eval/{{suite}}.json",
+        results=eval_results(f"{R}/base/eval"),
     log:
-        f"{R}/logs/eval/base/{{suite}}.log",
+        f"{R}/logs/eval/base/{EVAL_JOB}.log",
     benchmark:
-        f"{R}/benchmarks/eval/base/{{suite}}.tsv"
+        f"{R}/benchmarks/eval/base/{EVAL_JOB}.tsv"
     conda:
         ENV
     threads: THREADS["evaluate"]
@@ -147,7 +148,8 @@ rule evaluate_base:
         data=input_dir("test"),
         model=input_dir("model"),
         eval=fixed(EXP.eval.model_dump_json()),
+        suites=suite_args,
+        out=output_dir,
     shell:
         "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
-        " --model {params.model} --suite {wildcards.suite}"
-        " --out {output.result} > {log} 2>&1"
+        " --model {params.model} {params.suites} --out-dir {params.out} > {log} 2>&1"
