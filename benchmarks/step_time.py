@@ -56,9 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--group", type=int, default=8, help="completions per prompt")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--hidden", type=int, default=128, help="tiny model width (default model)")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--warm-steps", type=int, default=200, help="supervised warm-start steps")
+    p.add_argument("--hidden", type=int, default=96, help="tiny model width (default model)")
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--warm-steps", type=int, default=800, help="supervised warm-start steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -90,8 +90,8 @@ def experiment(args: argparse.Namespace) -> dict:
         "warm_start": {
             "steps": args.warm_steps,
             "skill_steps": 0,  # the prompted skills are not used by GRPO
-            "batch_size": 64,
-            "lr": 2e-3,
+            "batch_size": 32,
+            "lr": 3e-3,
             "warmup_steps": 20,
             "eval_problems": 16,
         },
