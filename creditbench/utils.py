@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+# torch is imported where it is used: the data step and Snakemake's DAG construction
+# (which reads configs and tasks through this package) need no torch.
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -48,12 +50,16 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
+    import torch
+
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -63,6 +69,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
