@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,6 +113,38 @@ def test_a_training_job_killed_anywhere_resumes_to_the_uninterrupted_result(smok
     assert json.loads((run / "ledger.json").read_text())["total_generated_tokens"] == (
         reference_tokens
     )
+
+
+def test_grouped_suites_are_one_job_per_run_and_seed_with_the_per_suite_results(
+    smoke_run, tmp_path
+):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["eval"]["group_suites"] = True
+    path = tmp_path / "grouped.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    plan = snakemake("-n", "--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    out = plan.stdout + plan.stderr
+    assert re.search(r"^evaluate\s+4$", out, re.M), out  # 2 runs x 2 seeds, both suites each
+    assert re.search(r"^evaluate_base\s+1$", out, re.M), out
+    assert "logs/eval/grpo/seed0/all.log" in out
+
+    # what such a job runs, on a smoke model: every suite's files, equal to the per-suite
+    # jobs' (greedy evaluation, the same seed)
+    r = smoke_run / "results" / "smoke"
+    run = r / "runs" / "grpo" / "seed0"
+    cmd = ["creditbench", "evaluate", "-c", str(r / "config.json"), "--data", str(r / "data")]
+    cmd += ["--model", str(run / "model"), "--suite", "chains_test", "--suite", "chains_test_long"]
+    subprocess.run([*cmd, "--out-dir", str(tmp_path / "eval")], check=True, capture_output=True)
+    for suite in ("chains_test", "chains_test_long"):
+        grouped = json.loads((tmp_path / "eval" / f"{suite}.json").read_text())
+        alone = json.loads((run / "eval" / f"{suite}.json").read_text())
+        assert (grouped["suite"], grouped["n"]) == (suite, alone["n"])
+        assert grouped["accuracy"] == alone["accuracy"]
+        responses = [
+            [json.loads(line)["response"] for line in (d / f"{suite}.samples.jsonl").open()]
+            for d in (tmp_path / "eval", run / "eval")
+        ]
+        assert responses[0] == responses[1]
 
 
 def test_a_run_added_to_the_config_appears_in_the_dag(smoke_run, tmp_path):
