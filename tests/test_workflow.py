@@ -72,6 +72,16 @@ def test_smoke_experiment_runs_every_rule_and_writes_the_output_contract(smoke_r
     assert (r / "benchmarks" / "warmstart.tsv").is_file()
 
 
+def test_the_report_gathers_every_table_and_figure_with_its_caption(smoke_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake("--report", str(report), "--configfile", str(SMOKE), cwd=smoke_run)  # no --cores
+    html = report.read_text()
+    for name in ("main.csv", "efficiency.csv", "accuracy_vs_step.png", "reward.png"):
+        assert name in html, name
+    assert "Held-out accuracy</strong> of every run" in html  # the tables' caption
+    assert "Training reward</strong>" in html  # a figure's caption
+
+
 def test_rerunning_a_finished_experiment_does_nothing(smoke_run):
     proc = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke_run)
     assert "Nothing to be done" in proc.stdout + proc.stderr

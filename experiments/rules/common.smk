@@ -1,5 +1,6 @@
 # Config validation (JSON schema, then the engine's typed config) and path helpers.
 import json
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -146,6 +147,9 @@ GPUS = {
 }
 # threads: CPU cores a job uses (torch threads, reward checks); a profile may override
 THREADS = {
+    # the warm start runs alone: every core of the machine (Snakemake scales a claim down
+    # to --cores; a command without --cores, e.g. --report, still parses)
+    "warmstart": os.cpu_count() or 1,
     "train": 4 * LAUNCH.num_processes if REAL_MODEL else 1,
     "evaluate": 4 if REAL_MODEL else 1,
 }

@@ -41,7 +41,7 @@ rule warmstart:
         f"{R}/benchmarks/warmstart.tsv"
     conda:
         ENV
-    threads: workflow.cores
+    threads: THREADS["warmstart"]
     resources:
         gpu=GPUS["warmstart"],
         runtime=RUNTIME["warmstart"],
