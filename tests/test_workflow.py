@@ -211,3 +211,22 @@ def test_the_workflow_passes_snakemake_lint_and_snakefmt(tmp_path):
             text=True,
         )
         assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_creditbench_run_does_the_experiment_in_one_process(tmp_path):
+    """`creditbench run`: data, warm start, training and every suite's evaluation, and a
+    second call finds everything done."""
+    cfg = smoke_config(tmp_path, seeds=[0])
+    cmd = ["creditbench", "run", "-c", str(cfg), "--runs", "grpo", "--results", "out"]
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "out" / "smoke" / "runs" / "grpo" / "seed0"
+    assert json.loads((run / "ledger.json").read_text())["steps"] == 2
+    for suite in ("chains_test", "chains_test_long"):
+        result = json.loads((run / "eval" / f"{suite}.json").read_text())
+        assert result["suite"] == suite and result["n"] == 10
+        assert f"grpo                     0  {suite}" in first.stdout
+    assert not (tmp_path / "out" / "smoke" / "runs" / "grpo_dapo").exists()  # not selected
+    before = (run / "ledger.json").stat().st_mtime_ns
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and (run / "ledger.json").stat().st_mtime_ns == before
