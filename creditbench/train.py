@@ -541,9 +541,8 @@ class Trainer:
                     "lr": self.scheduler.get_last_lr()[0],
                     "step_seconds": time.perf_counter() - t0,
                     **stats,
-                    # a method's own per-step diagnostics (SRPO: localisation vs the oracle);
-                    # several processes: the main process's shard
-                    **getattr(self.method, "step_metrics", dict)(),
+                    # a method's own per-step diagnostics (SRPO: localisation vs the oracle)
+                    **self._step_metrics(),
                 }
                 if t.eval_every and (self.step % t.eval_every == 0 or self.step == t.steps):
                     row.update(self.evaluate())
@@ -572,6 +571,16 @@ class Trainer:
             raise RuntimeError(f"process {self.rank} collected no trajectories")
         row = dataclasses.replace(buffer[0], advantages=None, loss_mask=None)
         return [row.set_credit(0.0, [0.0] * len(row.completion_ids))]
+
+    def _step_metrics(self) -> dict:
+        """Collective: the method's per-step diagnostics (``step_metrics``), over every
+        process's shard where the method can pool them (``pool_step_metrics``), else the
+        main process's shard."""
+        metrics = getattr(self.method, "step_metrics", dict)()
+        pool = getattr(self.method, "pool_step_metrics", None)
+        if self.world > 1 and pool is not None:
+            metrics = pool(self.dist.gather(metrics))
+        return metrics
 
     def _counters(self) -> dict:
         ledger = self._global_ledger()

@@ -321,6 +321,16 @@ class Method:
         step oracle). Counts and rates, so that steps and processes can be pooled."""
         return dict(self.last_metrics)
 
+    @staticmethod
+    def pool_step_metrics(rows: list[dict]) -> dict[str, float | None]:
+        """Several processes' ``step_metrics`` as one: counts summed, rates weighted by
+        their counts (the metrics of all the processes' resets together)."""
+        if not any(rows):
+            return {}
+        from creditbench.diagnostics import pool_srpo_metrics
+
+        return pool_srpo_metrics(rows)
+
     # --------------------------------------------------------------- sample
     def collect(self, problems, step: int) -> list[Group]:
         p, ctx = self.params, self.ctx

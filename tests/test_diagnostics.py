@@ -128,6 +128,13 @@ def test_srpo_reset_diagnostics_split_clean_and_erroneous_prefixes():
     assert pooled["srpo/localisation_accuracy"] == pytest.approx(2 / 4)
     assert pooled["srpo/correction_erroneous"] == 0.0
     assert srpo.reset_diagnostics([])["srpo/correction_clean"] is None
+    # processes' shards pooled by the method (as the trainer does under DDP) give the
+    # metrics of all their resets together
+    shards = [srpo.reset_diagnostics(rec[:1]), srpo.reset_diagnostics(rec[1:])]
+    together = srpo.Method.pool_step_metrics(shards)
+    for key, value in m.items():
+        assert together[key] == pytest.approx(value), key
+    assert srpo.Method.pool_step_metrics([{}, {}]) == {}  # no step oracle: nothing logged
 
 
 # ------------------------------------------------------------------- on the warm start

@@ -336,3 +336,29 @@ def worker(spec_path: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
         worker(sys.argv[2])
+
+
+def test_srpo_step_metrics_pool_every_process_shard(small_experiment, tmp_path):
+    """Each process localises and resets its own prompts; the logged SRPO metrics count
+    the resets of all of them (not the main process's shard)."""
+    cfg = yaml.safe_load(json.dumps(small_experiment["cfg"].model_dump(mode="json")))
+    cfg["train"] = {**cfg["train"], "steps": 1, "checkpoint_every": 1}
+    cfg["runs"] = {
+        "srpo_oracle": {
+            "method": "srpo",
+            "split": "1x4",
+            "reset": "oracle",
+            "train": {"group_size": 8},
+        }
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    common = ["-c", str(tmp_path / "cfg.yaml"), "--run", "srpo_oracle", "--seed", "0"]
+    common += ["--init", str(small_experiment["base"]), "--data", str(small_experiment["data"])]
+    launch(["-m", "creditbench.cli", "train", *common, "--out", str(out)], cwd=REPO)
+    (row,) = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    prompts = cfg["train"]["prompts_per_step"]
+    assert row["srpo/prompts"] == prompts  # both processes' prompts (2 each)
+    seeded = prompts - row["srpo/fallback_prompts"]
+    assert row["srpo/resets"] == row["srpo/resets_with_oracle"] == seeded  # S = 1 per prompt
+    assert row["srpo/localisation_accuracy"] == (1.0 if seeded else None)  # the oracle's resets
