@@ -49,7 +49,7 @@ import torch
 
 from creditbench.config import ExperimentConfig, RunConfig, SamplingConfig
 from creditbench.ledger import Ledger
-from creditbench.loss import completion_logprobs, policy_loss
+from creditbench.loss import batch_loss, completion_logprobs
 from creditbench.methods import MethodContext, load_method
 from creditbench.rollouts import Batch, Trajectory
 from creditbench.tasks import Problem, make_task
@@ -735,20 +735,9 @@ def policy_gradient(model, batch: Batch, run: RunConfig, params: list) -> torch.
     n_items, n_seq = float(mask.sum()), len(batch)
     for p in params:
         p.grad = None
-    micro = t.micro_batch_size or len(batch)
-    by_length = batch.completion_mask.sum(-1).argsort().tolist()
-    for s in range(0, len(batch), micro):
-        part = batch.select(by_length[s : s + micro])
-        loss, _ = policy_loss(
-            logprobs(part),
-            part.advantages,
-            part.loss_mask * part.completion_mask,
-            loss_cfg,
-            old_logprobs=part.old_logprobs,
-            ref_logprobs=part.ref_logprobs,
-            num_items=n_items,
-            num_sequences=n_seq,
-        )
+    for rows in batch.micro_batches(t.micro_batch_size):
+        part = batch.select(rows)
+        loss, _ = batch_loss(logprobs(part), part, loss_cfg, n_items, n_seq)
         loss.backward()
     flat = torch.cat(
         [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]

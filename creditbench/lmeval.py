@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from creditbench.utils import atomic_write_json, atomic_write_text
+from creditbench.utils import atomic_write_json, atomic_write_text, last_braced_span
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "experiments" / "tasks"
 
@@ -316,18 +316,8 @@ def last_boxed(text: str) -> str | None:
 
     ``None`` when there is none, or when the last one is never closed.
     """
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    if not starts:
-        return None
-    depth, start = 1, starts[-1]
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i].strip()
-    return None
+    span = last_braced_span(text, _BOXED)
+    return None if span is None else text[span[0] : span[1]].strip()
 
 
 def final_answer(text: str) -> str | None:

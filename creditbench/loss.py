@@ -16,9 +16,14 @@ Definitions follow TRL's GRPOTrainer (the parity reference in the tests):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from creditbench.config import LossConfig
+
+if TYPE_CHECKING:
+    from creditbench.rollouts import Batch
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -120,3 +125,25 @@ def policy_loss(
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float((x * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def batch_loss(
+    logprobs: torch.Tensor,
+    batch: Batch,
+    cfg: LossConfig,
+    num_items: float | None = None,
+    num_sequences: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`policy_loss` of a batch (or a micro-batch of it): its advantages, the
+    trained completion tokens (``loss_mask * completion_mask``) and, where set, its
+    behaviour and reference log-probs."""
+    return policy_loss(
+        logprobs,
+        batch.advantages,
+        batch.loss_mask * batch.completion_mask,
+        cfg,
+        old_logprobs=batch.old_logprobs,
+        ref_logprobs=batch.ref_logprobs,
+        num_items=num_items,
+        num_sequences=num_sequences,
+    )

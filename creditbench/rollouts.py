@@ -183,6 +183,13 @@ class Batch:
             }
         )
 
+    def micro_batches(self, size: int | None) -> list[list[int]]:
+        """Row indices in micro-batches of ``size`` rows (``None``: one micro-batch), rows
+        of similar completion length together, so that each pads little."""
+        by_length = self.completion_mask.sum(-1).argsort().tolist()
+        size = size or len(self) or 1
+        return [by_length[s : s + size] for s in range(0, len(self), size)]
+
     def select(self, idx: torch.Tensor | list[int]) -> Batch:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Batch(

@@ -52,7 +52,7 @@ from creditbench.distributed import (
 )
 from creditbench.evaluate import evaluate_accuracy
 from creditbench.ledger import Ledger
-from creditbench.loss import completion_logprobs, policy_loss
+from creditbench.loss import batch_loss, completion_logprobs
 from creditbench.methods import MethodContext, load_method
 from creditbench.model import load_policy, load_tokenizer, save_policy
 from creditbench.rollouts import Batch
@@ -383,10 +383,7 @@ class Trainer:
                     n_items, n_seq = self.dist.sum([n_items, n_seq])
                     n_seq = int(n_seq)
                 self.optimizer.zero_grad(set_to_none=True)
-                micro = t.micro_batch_size or len(mb)
-                # micro-batches of similar length pad less (normalisers span the minibatch)
-                by_length = mb.completion_mask.sum(-1).argsort().tolist()
-                parts = [by_length[s : s + micro] for s in range(0, len(mb), micro or 1)]
+                parts = mb.micro_batches(t.micro_batch_size)  # normalisers span the minibatch
                 (n_micro,) = self.dist.max([len(parts)])
                 for j in range(n_micro):
                     last = j == n_micro - 1
@@ -397,16 +394,7 @@ class Trainer:
                             continue
                         part = mb.select(parts[j])
                         lp = self._logprobs(self.model_wrapped, part, temperature)
-                        loss, st = policy_loss(
-                            lp,
-                            part.advantages,
-                            part.loss_mask * part.completion_mask,
-                            loss_cfg,
-                            old_logprobs=part.old_logprobs,
-                            ref_logprobs=part.ref_logprobs,
-                            num_items=n_items,
-                            num_sequences=n_seq,
-                        )
+                        loss, st = batch_loss(lp, part, loss_cfg, n_items, n_seq)
                         # DDP averages gradients over processes; this process's share of
                         # the global loss, times the process count, makes that average a sum
                         self.accelerator.backward(loss * world if world > 1 else loss)

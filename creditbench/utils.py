@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -111,3 +112,21 @@ def code_version() -> dict[str, str | None]:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"package": pkg, "commit": commit, "dirty": dirty}
+
+
+def last_braced_span(text: str, opener: re.Pattern) -> tuple[int, int] | None:
+    """Character span of the content of the last match of ``opener`` (a pattern ending in
+    ``{``, e.g. ``\\boxed{``) up to its matching ``}``; ``None`` when there is no match, or
+    when the last one is never closed."""
+    matches = list(opener.finditer(text))
+    if not matches:
+        return None
+    depth, start = 1, matches[-1].end()
+    for j in range(start, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return (start, j)
+    return None

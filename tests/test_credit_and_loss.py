@@ -313,6 +313,14 @@ def test_batch_requires_advantages():
         Batch.from_trajectories([], pad_id=0)
 
 
+def test_micro_batches_group_rows_of_similar_completion_length():
+    lengths = [5, 1, 4, 2, 3]
+    batch = Batch.from_trajectories([traj(n).set_credit(1.0) for n in lengths], pad_id=0)
+    assert batch.micro_batches(2) == [[1, 3], [4, 2], [0]]  # lengths 1,2 | 3,4 | 5
+    assert batch.micro_batches(None) == [[1, 3, 4, 2, 0]]  # one micro-batch
+    assert batch.select([]).micro_batches(None) == []  # an empty (padding) minibatch
+
+
 # ------------------------------------------------------------------- ledger
 def test_ledger_accumulates_tokens_by_purpose():
     led = Ledger()

@@ -12,6 +12,7 @@ A task is what a method needs to know about a problem domain and nothing more:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,31 @@ def read_jsonl(path: Path) -> list[Problem]:
     return problems
 
 
+LINE_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay in a line
+
+
+def split_lines(text: str) -> list[str]:
+    """``text`` cut after every newline; ``"".join(split_lines(t)) == t``."""
+    return LINE_RE.findall(text)
+
+
+def merge_blank(pieces: list[str]) -> list[str]:
+    """A whitespace-only piece joins the previous piece (the next one at the start)."""
+    out: list[str] = []
+    pending = ""
+    for piece in pieces:
+        if piece.strip():
+            out.append(pending + piece)
+            pending = ""
+        elif out:
+            out[-1] += piece
+        else:
+            pending += piece
+    if pending:
+        out.append(pending)
+    return out
+
+
 def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
     """The chat of a prompt: the optional system message, then the user turn."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -70,9 +96,9 @@ def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict[st
 
 
 class SourcedSplits:
-    """The data step of a task whose splits come from ``read_source(split)`` (a hub dataset
-    or a local file): ``write_data`` materialises them as JSONL, ``load`` reads them back
-    (or reads the source directly when the task has no data directory)."""
+    """The data step of a task whose splits come from ``read_source(split)`` (a hub dataset,
+    a local file, or a generator): ``write_data`` materialises them as JSONL, ``load`` reads
+    them back (or reads the source directly when the task has no data directory)."""
 
     SPLITS: tuple[str, ...] = ("train", "test")
     data_dir: Path | None

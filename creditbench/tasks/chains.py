@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from creditbench.config import ChainsTaskConfig
-from creditbench.tasks import Problem, read_jsonl, write_jsonl
+from creditbench.tasks import Problem, SourcedSplits
 
 ALPHABET = "0123456789+-*=\nA:?#!"
 ANSWER_RE = re.compile(r"A:(0|[1-9][0-9]*)")
@@ -56,7 +56,10 @@ def extract_answer(completion: str) -> str | None:
     return match.group(1) if match else None
 
 
-class ChainsTask:
+class ChainsTask(SourcedSplits):
+    """The testbed: its splits are generated (deterministic per ``data_seed``)."""
+
+    SPLITS = SPLITS
     name = "chains"
     alphabet = ALPHABET
     thought_stop = "\n"  # a thought is one line, newline included
@@ -111,18 +114,8 @@ class ChainsTask:
             out.append(p)
         return out
 
-    def write_data(self, out_dir: str | Path) -> dict[str, Path]:
-        out_dir = Path(out_dir)
-        paths = {}
-        for split in SPLITS:
-            paths[split] = out_dir / f"{split}.jsonl"
-            write_jsonl(paths[split], self.generate(split))
-        return paths
-
-    def load(self, split: str) -> list[Problem]:
-        if self.data_dir is None:
-            return self.generate(split)
-        return read_jsonl(self.data_dir / f"{split}.jsonl")
+    def read_source(self, split: str) -> list[Problem]:
+        return self.generate(split)
 
     # -------------------------------------------------------------- solutions
     def solution_lines(self, problem: Problem) -> list[str]:

@@ -43,7 +43,7 @@ from typing import Any
 
 from creditbench.config import CodeTaskConfig
 from creditbench.sandbox import SandboxLimits, SandboxResult, check_program
-from creditbench.tasks import DataError, Problem, SourcedSplits
+from creditbench.tasks import DataError, Problem, SourcedSplits, merge_blank, split_lines
 from creditbench.tasks.chains import Localisation  # one answer type for every task
 
 SPLITS = ("train", "test")
@@ -51,7 +51,6 @@ FORMATS = ("mbpp", "humaneval")
 PYTHON_TAGS = ("", "python", "py", "python3")
 CODE_BLOCK_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 OPEN_FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n")
-LINE_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay in a line
 BOXED_INT_RE = re.compile(r"\\boxed\s*\{\s*(?:line\s*)?([0-9]+)\s*\}", re.IGNORECASE)
 CACHE_SIZE = 4096  # programs already run (an RL group often repeats a completion)
 
@@ -268,18 +267,7 @@ class CodeTask(SourcedSplits):
     # -------------------------------------------------------------- thoughts
     def segment(self, completion: str) -> list[str]:
         """Thoughts ``y_1 .. y_n``, one per line; ``"".join(segment(y)) == y``."""
-        pieces: list[str] = []
-        pending = ""  # blank lines before the first thought
-        for line in LINE_RE.findall(completion):
-            if line.strip():
-                pieces.append(pending + line)
-                pending = ""
-            elif pieces:
-                pieces[-1] += line
-            else:
-                pending += line
-        if pending:
-            pieces.append(pending)
+        pieces = merge_blank(split_lines(completion))  # blank lines join a neighbour
         cap = self.cfg.max_thoughts
         if cap is not None and len(pieces) > cap:
             pieces = pieces[: cap - 1] + ["".join(pieces[cap - 1 :])]

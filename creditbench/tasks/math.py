@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from creditbench.config import MathDataConfig, MathTaskConfig
-from creditbench.tasks import DataError, Problem, SourcedSplits
+from creditbench.tasks import DataError, Problem, SourcedSplits, merge_blank, split_lines
 from creditbench.tasks.chains import Localisation  # one answer type for every task
+from creditbench.utils import last_braced_span
 
 SPLITS = ("train", "test")
 BOXED_RE = re.compile(r"\\boxed\s*\{")
@@ -59,7 +60,6 @@ LOCALISATION_RE = re.compile(r"(?:thought|step)?\s*#?\s*([0-9]+)\s*\.?", re.IGNO
 SENTENCE_END_RE = re.compile(r"(?<=[.!?])(?=[ \t]+[A-Z])")
 ABBREVIATION_RE = re.compile(r"(?:^|[^A-Za-z])[A-Za-z]{1,2}\.$")
 MATH_SPAN_RE = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
-LINE_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay in a line
 
 
 # ----------------------------------------------------------------- answers
@@ -69,18 +69,7 @@ def last_boxed_span(text: str) -> tuple[int, int] | None:
     ``None`` when there is none, or when the last one is never closed: a malformed final
     answer is no answer, even if an earlier ``\\boxed{}`` was closed.
     """
-    matches = list(BOXED_RE.finditer(text))
-    if not matches:
-        return None
-    depth, start = 1, matches[-1].end()
-    for j in range(start, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return (start, j)
-    return None
+    return last_braced_span(text, BOXED_RE)
 
 
 def last_boxed(text: str) -> str | None:
@@ -157,23 +146,6 @@ def gsm8k_reward(gold: str, completion: str) -> float:
         return 0.0
 
 
-def _merge_blank(pieces: list[str]) -> list[str]:
-    """A whitespace-only piece joins the previous piece (the next one at the start)."""
-    out: list[str] = []
-    pending = ""
-    for piece in pieces:
-        if piece.strip():
-            out.append(pending + piece)
-            pending = ""
-        elif out:
-            out[-1] += piece
-        else:
-            pending += piece
-    if pending:
-        out.append(pending)
-    return out
-
-
 def _merge_short(pieces: list[str], min_chars: int) -> list[str]:
     """A piece with fewer than ``min_chars`` non-blank characters joins the next one
     (the last piece joins the previous one)."""
@@ -203,10 +175,6 @@ def split_after(text: str, stop: str) -> list[str]:
     if start < len(text):
         pieces.append(text[start:])
     return pieces
-
-
-def split_lines(text: str) -> list[str]:
-    return LINE_RE.findall(text)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -348,7 +316,7 @@ class MathTask(SourcedSplits):
             pieces = split_lines(completion)
         else:
             pieces = split_sentences(completion)
-        pieces = _merge_blank(pieces)
+        pieces = merge_blank(pieces)
         if c.segmenter == "lines" and len(pieces) > 1:
             if any(m in pieces[-1] for m in ANSWER_LINE_MARKERS):
                 pieces = pieces[:-2] + [pieces[-2] + pieces[-1]]
