@@ -5,8 +5,18 @@ Conventions, shared by every figure (and stated in its legend or axis labels):
 
 - One colour (and marker) per run, in run order (the config's), the same in every figure.
 - Curves are the mean over seeds; the shaded band is the min–max over seeds by default
-  (``--band minmax``: every seed lies inside it) or ±1 standard error of the mean
-  (``--band se``).
+  (``--band minmax``: every seed lies inside it), ±1 standard error of the mean
+  (``--band se``) or the 95% confidence interval of the mean (``--band ci95``: Student t
+  with n−1 degrees of freedom, as in the tables; the experiment's rules use it). Accuracy
+  bands are clipped to [0, 100]%.
+- Held-out accuracy curves carry dotted lines at the sample-efficiency thresholds (the
+  baseline's warm start + a fraction of its final gain) when the baseline is present.
+- Sample efficiency (``sample_efficiency``): per run, the area under the accuracy curve
+  over steps, generated tokens and seconds up to the common budget (mean ± 95% CI over
+  seeds), and per fraction the speed-up against the baseline on a log axis (geometric
+  mean over matched seeds ± the t interval of the mean log ratio; a line at 1×; open
+  triangles for bounds when seeds did not reach the threshold). The statistics are
+  those of ``analysis.tables`` (``tables/sample_efficiency.*``).
 - Held-out accuracy is the in-training evaluation logged in ``metrics.jsonl``
   (``eval/test/accuracy``; step 0 is the warm start). Against tokens or seconds, each
   evaluation step is placed at the mean over seeds of the cumulative generated tokens
@@ -34,14 +44,33 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import EngFormatter, FuncFormatter  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    EngFormatter,
+    FixedLocator,
+    FuncFormatter,
+    NullLocator,
+)
+from scipy import stats  # noqa: E402
 
 from analysis.collect import AnalysisError, Results, add_selection_args, load  # noqa: E402
+from analysis.tables import (  # noqa: E402
+    CONFIDENCE,
+    CURVE_AXES,
+    FRACTIONS,
+    THRESHOLD_AXES,
+    fractions_list,
+    sample_efficiency_per_seed,
+    sample_efficiency_table,
+)
 
 DPI = 200
 FIGSIZE = (5.5, 3.6)  # inches: a paper's column-and-a-half, readable at 100%
-BANDS = ("minmax", "se")
-BAND_LABEL = {"minmax": "band: min–max over seeds", "se": "band: ±1 s.e. over seeds"}
+BANDS = ("minmax", "se", "ci95")
+BAND_LABEL = {
+    "minmax": "band: min–max over seeds",
+    "se": "band: ±1 s.e. over seeds",
+    "ci95": "band: 95% CI of the mean",
+}
 FIGURES = (
     "accuracy_vs_step",
     "accuracy_vs_tokens",
@@ -49,6 +78,7 @@ FIGURES = (
     "reward",
     "compute_by_purpose",
     "generation_speed",
+    "sample_efficiency",
 )
 STYLE = {
     "font.size": 9,
@@ -105,6 +135,8 @@ def band_stats(values: pd.Series, band: str) -> tuple[float, float, float]:
     if band == "minmax":
         return mean, float(x.min()), float(x.max())
     se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    if band == "ci95" and len(x) > 1:
+        se *= float(stats.t.ppf((1 + CONFIDENCE) / 2, len(x) - 1))
     return mean, mean - se, mean + se
 
 
@@ -158,9 +190,17 @@ def _percent_axis(ax, min_span: float = 2.0) -> None:
 
 
 def plot_accuracy(
-    curves: pd.DataFrame, runs: Sequence[str], x: str, band: str, out_dir: Path, name: str
+    curves: pd.DataFrame,
+    runs: Sequence[str],
+    x: str,
+    band: str,
+    out_dir: Path,
+    name: str,
+    thresholds: dict[float, float] | None = None,
+    baseline: str | None = None,
 ) -> list[Path]:
-    """Held-out accuracy (in-training eval) against step, generated tokens or seconds."""
+    """Held-out accuracy (in-training eval) against step, generated tokens or seconds;
+    ``thresholds`` (fraction: accuracy) are drawn as dotted lines."""
     colours, markers = run_colours(runs), run_markers(runs)
     evals = curves[curves.accuracy.notna()]
     fig, ax = plt.subplots(figsize=FIGSIZE)
@@ -169,7 +209,23 @@ def plot_accuracy(
         if c.empty:
             continue
         ax.plot(c.x, c.y * 100, marker=markers[run], ms=3.5, color=colours[run], label=run)
-        ax.fill_between(c.x, c.lo * 100, c.hi * 100, color=colours[run], alpha=0.18, lw=0)
+        lo, hi = np.clip(c.lo * 100, 0, 100), np.clip(c.hi * 100, 0, 100)
+        ax.fill_between(c.x, lo, hi, color=colours[run], alpha=0.18, lw=0)
+    for f, level in (thresholds or {}).items():
+        if math.isnan(level):
+            continue
+        ax.axhline(level * 100, color="0.45", lw=0.8, ls=":", zorder=0)
+        ax.annotate(
+            f"{f:.0%} of {baseline}'s gain",
+            (1.0, level * 100),
+            xycoords=("axes fraction", "data"),
+            xytext=(-2, 2),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize=6.5,
+            color="0.35",
+        )
     xlabel = {
         "step": "training step (optimiser updates)",
         "generated_tokens": "generated tokens, cumulative (all purposes)",
@@ -317,8 +373,196 @@ def plot_generation_speed(
     return _save(fig, out_dir, "generation_speed")
 
 
+AXIS_MARKERS = {"step": "o", "generated_tokens": "s", "seconds": "^"}
+AXIS_NAMES = {axis: label for axis, label, _ in CURVE_AXES}
+AXIS_SHORT = {"step": "steps", "generated_tokens": "tokens", "seconds": "seconds"}
+
+
+def _forest_rows(ax, runs: Sequence[str]) -> None:
+    """Runs top to bottom on the y axis, as in the tables."""
+    ax.set_yticks(range(len(runs)), runs)
+    ax.set_ylim(len(runs) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+
+
+def plot_sample_efficiency(
+    table: pd.DataFrame,
+    runs: Sequence[str],
+    baseline: str | None,
+    warm: float,
+    out_dir: Path,
+) -> list[Path]:
+    """AUC per run and counter (mean ± CI) and, per fraction, the speed-up against the
+    baseline on a log axis (geometric mean ± CI of matched seeds; bounds as open carets)."""
+    colours = run_colours(runs)
+    present = [r for r in runs if (table.run == r).any()]
+    fractions = sorted(table[table.quantity == "speedup"].fraction.dropna().unique())
+    n_panels = 1 + len(fractions)
+    height = max(2.4, 0.42 * len(present) + 1.5)
+    fig, axes = plt.subplots(
+        1, n_panels, figsize=(3.3 * n_panels + 1.0, height), sharey=True, squeeze=False
+    )
+    axes = axes[0]
+    offsets = dict(zip(AXIS_MARKERS, (-0.22, 0.0, 0.22), strict=True))
+    ax = axes[0]
+    auc = table[table.quantity == "auc"]
+    for i, run in enumerate(present):
+        for axis, marker in AXIS_MARKERS.items():
+            r = auc[(auc.run == run) & (auc.axis == axis)]
+            if r.empty or math.isnan(r["mean"].iloc[0]):
+                continue
+            r = r.iloc[0]
+            err = None
+            if not math.isnan(r.ci_low):
+                err = [[100 * (r["mean"] - r.ci_low)], [100 * (r.ci_high - r["mean"])]]
+            ax.errorbar(
+                100 * r["mean"],
+                i + offsets[axis],
+                xerr=err,
+                fmt=marker,
+                ms=4.5,
+                color=colours[run],
+                ecolor=colours[run],
+                elinewidth=1.1,
+                capsize=2,
+            )
+    if not math.isnan(warm):
+        ax.axvline(100 * warm, color="0.45", lw=0.8, ls="--", zorder=0)
+        ax.annotate(
+            "warm start",
+            (100 * warm, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -2),
+            textcoords="offset points",
+            fontsize=6.5,
+            color="0.35",
+            va="top",
+        )
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.set_xlabel("mean held-out accuracy over the\ncommon budget (normalised AUC)")
+    ax.set_title("Area under the accuracy curve", loc="left")
+    _forest_rows(ax, present)
+    speed = table[table.quantity == "speedup"]
+    spd_offsets = dict(zip(THRESHOLD_AXES, (-0.15, 0.15), strict=True))
+    for ax, f in zip(axes[1:], fractions, strict=True):
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="0.3", lw=0.9, zorder=0)
+        lows, highs = [1.0], [1.0]
+        for i, run in enumerate(present):
+            if run == baseline:
+                ax.annotate(
+                    "reference (1×)",
+                    (1.0, i),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=7,
+                    color="0.35",
+                )
+                continue
+            for axis in THRESHOLD_AXES:
+                r = speed[(speed.run == run) & (speed.axis == axis) & np.isclose(speed.fraction, f)]
+                if r.empty:
+                    continue
+                r = r.iloc[0]
+                y = i + spd_offsets[axis]
+                if math.isnan(r["mean"]):
+                    ax.annotate(
+                        "n/a: neither reached" if r.bound == "unknown" else "n/a",
+                        (1.0, y),
+                        xytext=(4, 0),
+                        textcoords="offset points",
+                        va="center",
+                        fontsize=6.5,
+                        color="0.35",
+                    )
+                    continue
+                if r.bound in ("upper", "lower"):  # a bound: an open caret pointing its way
+                    caret = "<" if r.bound == "upper" else ">"
+                    ax.plot(r["mean"], y, caret, ms=6, mfc="white", color=colours[run], mew=1.2)
+                    who = "" if r.bound == "upper" else f"{baseline} "
+                    ax.annotate(
+                        f"{AXIS_SHORT[axis]}: {who}not reached",
+                        (r["mean"], y),
+                        xytext=(6, 0),
+                        textcoords="offset points",
+                        va="center",
+                        fontsize=6.5,
+                        color=colours[run],
+                    )
+                    lows.append(r["mean"])
+                    highs.append(r["mean"])
+                    continue
+                err = None
+                if not math.isnan(r.ci_low):
+                    err = [[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]]
+                    lows.append(r.ci_low)
+                    highs.append(r.ci_high)
+                ax.errorbar(
+                    r["mean"],
+                    y,
+                    xerr=err,
+                    fmt=AXIS_MARKERS[axis],
+                    ms=4.5,
+                    color=colours[run],
+                    elinewidth=1.1,
+                    capsize=2,
+                )
+                lows.append(r["mean"])
+                highs.append(r["mean"])
+        lo, hi = min(lows), max(highs)
+        span = max(hi / lo, 4.0)  # at least 0.5x to 2x around the data
+        mid = math.sqrt(lo * hi)
+        left, right = mid / math.sqrt(span) / 1.15, mid * math.sqrt(span) * 1.15
+        ax.set_xlim(left, right)
+        decades = range(math.floor(math.log10(left)), math.ceil(math.log10(right)) + 1)
+        ticks = [m * 10.0**e for e in decades for m in (1, 2, 5) if left <= m * 10.0**e <= right]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+        level = speed[np.isclose(speed.fraction, f)].threshold.iloc[0]
+        ax.set_title(f"Speed-up to {f:.0%} of {baseline}'s gain", loc="left")
+        ax.set_xlabel(
+            f"{baseline}'s steps (tokens) / the run's to reach\n"
+            f"{100 * level:.1f}% held-out accuracy (log scale; > 1: faster)"
+        )
+        _forest_rows(ax, present)
+    handles = [
+        plt.Line2D([], [], ls="", marker=m, color="0.25", ms=4.5, label=AXIS_NAMES[a])
+        for a, m in AXIS_MARKERS.items()
+    ]
+    handles += [
+        plt.Line2D(
+            [],
+            [],
+            ls="",
+            marker="<",
+            mfc="white",
+            color="0.25",
+            ms=6,
+            label="bound (seeds did not reach)",
+        )
+    ]
+    fig.legend(
+        handles=handles,
+        title="over / at equal   (mean over seeds, whiskers: 95% CI)",
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=len(handles),
+        frameon=False,
+        title_fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1))
+    return _save(fig, out_dir, "sample_efficiency")
+
+
 def write_figures(
-    res: Results, out_dir: str | Path, band: str = "minmax", smooth: int = 5
+    res: Results,
+    out_dir: str | Path,
+    band: str = "minmax",
+    smooth: int = 5,
+    baseline: str | None = "grpo",
+    fractions: Sequence[float] = FRACTIONS,
 ) -> list[Path]:
     """Every figure of ``FIGURES`` as PNG and PDF in ``out_dir``."""
     if band not in BANDS:
@@ -326,6 +570,11 @@ def write_figures(
     if smooth < 1:
         raise ValueError(f"smooth (window in steps) must be >= 1, got {smooth}")
     out = Path(out_dir)
+    baseline = baseline if baseline in res.runs else None
+    per_seed, thresholds, _ = sample_efficiency_per_seed(res.curves, baseline, fractions)
+    table = sample_efficiency_table(per_seed, res.runs, baseline, fractions)
+    evals = res.curves[res.curves.accuracy.notna()]
+    warm = float(evals[evals.step == 0].accuracy.mean()) if len(evals) else math.nan
     paths = []
     with plt.rc_context(STYLE):
         for x, name in (
@@ -333,10 +582,13 @@ def write_figures(
             ("generated_tokens", "accuracy_vs_tokens"),
             ("seconds", "accuracy_vs_seconds"),
         ):
-            paths += plot_accuracy(res.curves, res.runs, x, band, out, name)
+            paths += plot_accuracy(
+                res.curves, res.runs, x, band, out, name, thresholds.levels, baseline
+            )
         paths += plot_reward(res.curves, res.runs, band, smooth, out)
         paths += plot_compute_by_purpose(res.tokens, res.runs, out)
         paths += plot_generation_speed(res.tokens, res.seconds, res.runs, out)
+        paths += plot_sample_efficiency(table, res.runs, baseline, warm, out)
     return paths
 
 
@@ -353,10 +605,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smooth", type=int, default=5, help="reward moving-average window in steps (default 5)"
     )
+    parser.add_argument(
+        "--fractions",
+        type=fractions_list,
+        default=list(FRACTIONS),
+        help="fractions of the baseline's gain for the speed-up panels "
+        f"(default: {','.join(map(str, FRACTIONS))})",
+    )
     args = parser.parse_args(argv)
     try:
         res = load(args.experiment, args.runs, args.seeds, [], args.baseline, final=False)
-        for path in write_figures(res, args.out, args.band, args.smooth):
+        paths = write_figures(
+            res, args.out, args.band, args.smooth, args.baseline or None, args.fractions
+        )
+        for path in paths:
             print(path)
     except AnalysisError as e:
         print(f"analysis: error: {e}", file=sys.stderr)

@@ -4,6 +4,9 @@
 # The run every other run is compared to (differences, paired tests, compute ratios); a
 # config without it gets tables without those columns.
 BASELINE = "grpo"
+# Fractions of the baseline's final gain over the warm start at which the sample-efficiency
+# table measures steps and tokens to threshold (and the speed-up against the baseline).
+FRACTIONS = "0.5,0.8"
 RUN_DIR = f"{R}/runs/{{run}}/seed{{seed}}"
 
 
@@ -13,6 +16,7 @@ rule tables:
             f"{RUN_DIR}/eval/{{suite}}.json", run=RUNS, seed=SEEDS, suite=SUITES
         ),
         ledgers=expand(f"{RUN_DIR}/ledger.json", run=RUNS, seed=SEEDS),
+        metrics=expand(f"{RUN_DIR}/metrics.jsonl", run=RUNS, seed=SEEDS),
         base=expand(f"{R}/base/eval/{{suite}}.json", suite=SUITES),
     output:
         main_md=f"{R}/tables/main.md",
@@ -47,6 +51,29 @@ rule tables:
             subcategory="Compute",
             labels={"table": "compute efficiency", "format": "HTML (view)"},
         ),
+        sample_efficiency_md=f"{R}/tables/sample_efficiency.md",
+        sample_efficiency_tex=f"{R}/tables/sample_efficiency.tex",
+        sample_efficiency_csv=report(
+            f"{R}/tables/sample_efficiency.csv",
+            caption="../report/table_sample_efficiency.rst",
+            category="Tables",
+            subcategory="Sample efficiency",
+            labels={"table": "sample efficiency", "format": "CSV (data)"},
+        ),
+        sample_efficiency_html=report(
+            f"{R}/tables/sample_efficiency.html",
+            caption="../report/table_sample_efficiency.rst",
+            category="Tables",
+            subcategory="Sample efficiency",
+            labels={"table": "sample efficiency", "format": "HTML (view)"},
+        ),
+        sample_efficiency_seeds_csv=report(
+            f"{R}/tables/sample_efficiency_seeds.csv",
+            caption="../report/table_sample_efficiency_seeds.rst",
+            category="Tables",
+            subcategory="Sample efficiency",
+            labels={"table": "per-seed sample efficiency", "format": "CSV (data)"},
+        ),
         seeds_csv=report(
             f"{R}/tables/seeds.csv",
             caption="../report/table_seeds.rst",
@@ -72,10 +99,11 @@ rule tables:
         seeds=",".join(map(str, SEEDS)),
         suites=",".join(SUITES),
         baseline=BASELINE,
+        fractions=FRACTIONS,
     shell:
         "python -m analysis.tables {params.experiment} --runs {params.runs}"
         " --seeds {params.seeds} --suites {params.suites} --baseline {params.baseline}"
-        " --out {params.out} > {log} 2>&1"
+        " --fractions {params.fractions} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
@@ -125,6 +153,13 @@ rule figures:
             subcategory="Compute",
             labels={"figure": "generation speed"},
         ),
+        sample_efficiency=report(
+            f"{R}/figures/sample_efficiency.png",
+            caption="../report/fig_sample_efficiency.rst",
+            category="Figures",
+            subcategory="Sample efficiency",
+            labels={"figure": "AUC and speed-up vs the baseline"},
+        ),
         pdfs=expand(
             f"{R}/figures/{{name}}.pdf",
             name=[
@@ -134,6 +169,7 @@ rule figures:
                 "reward",
                 "compute_by_purpose",
                 "generation_speed",
+                "sample_efficiency",
             ],
         ),
     log:
@@ -152,9 +188,12 @@ rule figures:
         out=output_dir,
         runs=",".join(RUNS),
         seeds=",".join(map(str, SEEDS)),
-        band="minmax",
+        band="ci95",
         smooth=5,
+        baseline=BASELINE,
+        fractions=FRACTIONS,
     shell:
         "python -m analysis.figures {params.experiment} --runs {params.runs}"
         " --seeds {params.seeds} --band {params.band} --smooth {params.smooth}"
+        " --baseline {params.baseline} --fractions {params.fractions}"
         " --out {params.out} > {log} 2>&1"
