@@ -1,8 +1,18 @@
 """A sandbox for model-generated Python: the only place such code ever runs.
 
 ``run_python(code)`` runs a program in a fresh ``python -I`` child of this interpreter;
-``check_program(program, tests)`` runs a program followed by its tests (asserts) and is
-``ok`` only if the tests ran to their end. Nothing is ever executed in this process.
+``check_program(program, tests)`` runs a program and its tests (asserts) and is ``ok``
+only if the tests ran to their end. Nothing is ever executed in this process.
+
+``check_program`` runs the program and the tests in two children joined by pipes: the
+tests call the program's functions through stubs, and each result crosses as exact-typed
+plain data (None, bool, int, float, str, bytes; list, tuple, dict, set, frozenset of them),
+decoded in the tests' process into fresh built-in objects. So no object the program
+defines decides a test (``__eq__`` overrides, subclasses of ``int``: the call fails), its
+patched builtins stay in its own process, and the names it defines never shadow a
+built-in for the tests. A pass is proven by the tests' process alone: each call and the
+final acknowledgement carry a fresh token the program must echo, and the tests' stderr
+ends with a per-run secret the program's process never has.
 
 Layers, each of which alone stops the common accidents, applied where the machine allows
 (``isolation()`` reports which ones did; they are probed once per process):
@@ -36,8 +46,9 @@ Layers, each of which alone stops the common accidents, applied where the machin
 The audit hook is defence in depth, not a boundary on its own (CPython says as much);
 the kernel layers are what a hostile program meets next. ``reason`` values: ``None``
 (ok), ``"timeout"``, ``"memory"``, ``"output_limit"``, ``"file_size"``, ``"syntax"``,
-``"exit_code"``, ``"early_exit"`` (``check_program``: exited 0 before its tests
-finished), ``"blocked: <what>"``, ``"signal: <NAME>"``.
+``"exit_code"``, ``"early_exit"`` (``check_program``: the program's process ended, or
+stopped answering, before its tests finished), ``"blocked: <what>"``, ``"signal: <NAME>"``.
+Limits apply to each of ``check_program``'s two children, within one wall clock.
 """
 
 from __future__ import annotations
@@ -63,10 +74,12 @@ from dataclasses import dataclass
 BLOCKED_EXIT = 113  # the audit hook refused an action
 MEMORY_EXIT = 114  # the program raised MemoryError
 SYNTAX_EXIT = 115  # the program (or its tests) does not compile
+ENDED_EXIT = 116  # check_program's judge: the program's process ended before the tests did
 MARKER = "creditbench-sandbox: "  # starts the bootstrap's own lines on stderr
 
 _CHUNK = 1 << 16
 _EXIT_GRACE_S = 1.0  # after the program exits, how long to drain pipes held by strays
+_MESSAGE_CAP = 64 << 20  # check_program: the largest call or result between the children
 
 
 @dataclass(frozen=True)
@@ -104,7 +117,7 @@ class SandboxError(RuntimeError):
 # needs is imported before the hook goes in; then the program's units (program.py, and
 # tests.py for check_program) are compiled and executed in one ``__main__`` namespace.
 _BOOTSTRAP = r"""
-import os, sys
+import builtins, importlib, json, keyword, os, re, sys, traceback
 
 
 def _sandbox_main(cfg):
@@ -230,6 +243,95 @@ def _sandbox_main(cfg):
             if args[0] not in (0, own_pid):
                 deny("process", event, args)
 
+    # ------------------------------------------------------------ plain data
+    # check_program's two processes exchange values as JSON of tagged, exact-typed plain
+    # data: the program's process encodes its results, the judge decodes them into fresh
+    # built-in objects. The builtins used here are taken before any program code runs.
+    _type, _len, _str, _int, _format = type, len, str, int, format
+    _fhex, _ffromhex, _bhex, _bfromhex = float.hex, float.fromhex, bytes.hex, bytes.fromhex
+    _dumps, _loads = json.dumps, json.loads
+    _read, _write, _exit = os.read, os.write, os._exit
+    max_depth = 100
+    seq_tags = {list: "L", tuple: "T", set: "E", frozenset: "Z"}
+    seq_types = {"L": list, "T": tuple, "E": set, "Z": frozenset}
+
+    def encode(x, depth=0):
+        if depth > max_depth:
+            raise ValueError("the value is nested too deeply")
+        t = _type(x)
+        if x is None:
+            return ["N"]
+        if t is bool:
+            return ["B", x]
+        if t is int:
+            return ["I", _format(x, "x")]
+        if t is float:
+            return ["F", _fhex(x)]
+        if t is str:
+            return ["S", x]
+        if t is bytes:
+            return ["Y", _bhex(x)]
+        if t is dict:
+            return ["D", [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in dict.items(x)]]
+        tag = seq_tags.get(t)
+        if tag is not None:
+            return [tag, [encode(v, depth + 1) for v in x]]
+        raise TypeError(f"not plain data: {t.__qualname__!s}")
+
+    def decode(v, depth=0):
+        if depth > max_depth or _type(v) is not list or not v or _type(v[0]) is not str:
+            raise ValueError("malformed value")
+        tag = v[0]
+        if tag == "N" and _len(v) == 1:
+            return None
+        if _len(v) != 2:
+            raise ValueError("malformed value")
+        x = v[1]
+        if tag == "B" and _type(x) is bool:
+            return x
+        if tag == "I" and _type(x) is str:
+            return _int(x, 16)
+        if tag == "F" and _type(x) is str:
+            return _ffromhex(x)
+        if tag == "S" and _type(x) is str:
+            return x
+        if tag == "Y" and _type(x) is str:
+            return _bfromhex(x)
+        if tag == "D" and _type(x) is list:
+            out = {}
+            for pair in x:
+                if _type(pair) is not list or _len(pair) != 2:
+                    raise ValueError("malformed value")
+                out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
+            return out
+        if tag in seq_types and _type(x) is list:
+            return seq_types[tag](decode(e, depth + 1) for e in x)
+        raise ValueError("malformed value")
+
+    def line_reader(fd, cap):
+        buf = bytearray()
+
+        def read_line():
+            while True:
+                k = buf.find(b"\n")
+                if k >= 0:
+                    line = bytes(buf[:k])
+                    del buf[: k + 1]
+                    return line
+                if _len(buf) > cap:
+                    return None
+                chunk = _read(fd, 1 << 16)
+                if not chunk:
+                    return None
+                buf.extend(chunk)
+
+        return read_line
+
+    def send(fd, message):
+        data = (_dumps(message) + "\n").encode("utf-8", "surrogatepass")
+        while data:
+            data = data[_write(fd, data):]
+
     if cfg["audit"]:
         sys.addaudithook(hook)
     sys.argv = [cfg["units"][0]]
@@ -244,19 +346,215 @@ def _sandbox_main(cfg):
             sys.stderr.flush()
             os.write(2, f"\n{marker}syntax\n".encode())
             os._exit(cfg["syntax_exit"])
+
+    kit = {"encode": encode, "decode": decode, "line_reader": line_reader, "send": send,
+           "loads": _loads}
+
+    def out_of_memory(e):
+        traceback.print_exception(e)
+        sys.stderr.flush()
+        _write(2, f"\n{marker}memory\n".encode())
+        _exit(cfg["memory_exit"])
+
+    role = cfg["role"]
+    if role == "judge":  # check_program's tests: no program code ever runs in this process
+        _judge(cfg, codes[0], source, kit, nonce)
+        return
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         for name, code in zip(cfg["units"], codes):
             namespace["__file__"] = name
             exec(code, namespace)
     except MemoryError as e:
-        traceback.print_exception(e)
-        sys.stderr.flush()
-        os.write(2, f"\n{marker}memory\n".encode())
-        os._exit(cfg["memory_exit"])
+        out_of_memory(e)
+    if role == "serve":  # check_program's program: answer the judge's calls
+        _serve(cfg, namespace, kit, out_of_memory)
+        return
     sys.stdout.flush()
     if nonce:
         os.write(2, b"\n" + marker.encode() + b"done " + nonce + b"\n")
+
+
+def _serve(cfg, namespace, kit, out_of_memory):
+    # The program's side of check_program: its names, then each call's plain result.
+    encode, decode, send, loads = kit["encode"], kit["decode"], kit["send"], kit["loads"]
+    _type, _callable, _str, module = type, callable, str, type(os)
+    flush_out, flush_err, _exit = sys.stdout.flush, sys.stderr.flush, os._exit
+    read_line = kit["line_reader"](cfg["req_fd"], cfg["message_cap"])
+    resp_fd = cfg["resp_fd"]
+    callables, modules, values = [], {}, {}
+    for name, obj in list(namespace.items()):
+        if _type(name) is not str or name.startswith("__"):
+            continue
+        if _type(obj) is module:
+            if _type(getattr(obj, "__name__", None)) is str:
+                modules[name] = obj.__name__
+        elif _callable(obj):
+            callables.append(name)
+        else:
+            try:
+                values[name] = encode(obj)
+            except Exception:
+                pass  # not plain data: the tests cannot use it
+    send(resp_fd, ["names", {"callables": callables, "modules": modules, "values": values}])
+    while True:
+        line = read_line()
+        if line is None:
+            break
+        try:
+            request = loads(line)
+            kind, token = request[0], request[1]
+        except Exception:
+            break
+        if kind != "call":  # "quit": acknowledged, then nothing more of the program runs
+            send(resp_fd, ["bye", token])
+            break
+        try:
+            _, _, name, args, kwargs = request
+            result = namespace[name](*decode(args), **decode(kwargs))
+            reply = ["ok", token, encode(result)]
+        except MemoryError as e:
+            out_of_memory(e)
+        except Exception as e:
+            traceback.print_exception(e)
+            try:
+                message = _str(e)[:2000]
+            except Exception:
+                message = ""
+            reply = ["err", token, _type(e).__name__, message]
+        send(resp_fd, reply)
+    flush_out()
+    flush_err()
+    _exit(0)  # not sys.exit: nothing of the program runs after the judge's last call
+
+
+def _judge(cfg, code, source, kit, nonce):
+    # The tests' side of check_program: the program's functions are stubs whose results
+    # are plain data decoded here, so no object the program makes reaches the tests.
+    encode, decode, send = kit["encode"], kit["decode"], kit["send"]
+    marker = cfg["marker"]
+    read_line = kit["line_reader"](cfg["resp_fd"], cfg["message_cap"])
+    req_fd = cfg["req_fd"]
+    ended = []
+
+    class ProgramEnded(BaseException):
+        # The program's process is gone (or broke the protocol): no test can pass.
+        pass
+
+    class ProgramError(Exception):
+        # The program raised an exception that is not a built-in one.
+        pass
+
+    def program_ended():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(2, f"\n{marker}program ended\n".encode())
+        os._exit(cfg["ended_exit"])
+
+    def receive():
+        line = read_line()
+        if line is None:
+            ended.append(True)
+            raise ProgramEnded("the program's process ended before the tests did")
+        try:
+            return json.loads(line)
+        except ValueError:
+            ended.append(True)
+            raise ProgramEnded("the program's process sent a malformed message") from None
+
+    exceptions = {
+        n: e for n, e in vars(builtins).items()
+        if isinstance(e, type) and issubclass(e, Exception)
+    }
+
+    def exchange(request):
+        # a fresh token per message: only a process that read the request can answer it
+        token = os.urandom(16).hex()
+        send(req_fd, [request[0], token, *request[1:]])
+        reply = receive()
+        if not (isinstance(reply, list) and len(reply) >= 2 and reply[1] == token):
+            ended.append(True)
+            raise ProgramEnded("the program's process did not answer the request")
+        return [reply[0], *reply[2:]]
+
+    def stub(name):
+        def call(*args, **kwargs):
+            if ended:
+                raise ProgramEnded("the program's process is gone")
+            reply, error = exchange(["call", name, encode(list(args)), encode(kwargs)]), None
+            try:
+                if reply[0] == "ok" and len(reply) == 2:
+                    return decode(reply[1])
+                if reply[0] == "err" and len(reply) == 3:
+                    kind, message = reply[1], reply[2]
+                    if isinstance(kind, str) and isinstance(message, str):
+                        try:
+                            error = exceptions.get(kind, ProgramError)(message)
+                        except Exception:
+                            error = ProgramError(f"{kind}: {message}")
+            except (ValueError, TypeError, IndexError, KeyError, RecursionError):
+                pass
+            if error is None:
+                ended.append(True)
+                raise ProgramEnded("the program's process sent a malformed message")
+            raise error
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    try:
+        names = receive()
+        if not (isinstance(names, list) and len(names) == 2 and names[0] == "names"):
+            raise ProgramEnded("the program's process sent a malformed message")
+        listing = names[1]
+        taken = set(dir(builtins))  # a program's name never shadows a built-in for the tests
+        used = set(re.findall(r"[A-Za-z_]\w*", source))
+        namespace = {"__name__": "__main__", "__builtins__": builtins, "__file__": "tests.py"}
+
+        def usable(name):
+            return (
+                isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+                and not name.startswith("__") and name not in taken
+            )
+
+        for name in listing.get("callables", []):
+            if usable(name):
+                namespace[name] = stub(name)
+        for name, value in listing.get("values", {}).items():
+            if usable(name):
+                try:
+                    namespace[name] = decode(value)
+                except Exception:
+                    pass
+        for name, module in listing.get("modules", {}).items():
+            # a module the program imported that the tests use without importing it
+            # (MBPP's tests call math.* after the solution's `import math`): stdlib only
+            if usable(name) and name in used and isinstance(module, str):
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names and top not in _NO_IMPORT:
+                    try:
+                        namespace[name] = importlib.import_module(module)
+                    except Exception:
+                        pass
+    except (ProgramEnded, AttributeError, TypeError, ValueError):
+        program_ended()
+    try:
+        exec(code, namespace)
+    except ProgramEnded:
+        program_ended()
+    if ended:  # a test caught the end of the program: still no pass
+        program_ended()
+    try:  # the program's process must still be there to acknowledge the end
+        if exchange(["quit"]) != ["bye"]:
+            program_ended()
+    except (ProgramEnded, OSError):
+        program_ended()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(2, b"\n" + marker.encode() + b"done " + nonce + b"\n")
+
+
+_NO_IMPORT = frozenset(("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"))
 
 
 _sandbox_main(__import__("json").loads(sys.argv[1]))
@@ -518,10 +816,10 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=retry)
 
 
-def _reason(rc: int, stderr: str, expect_nonce: bool, nonce_seen: bool) -> str | None:
+def _reason(rc: int, stderr: str) -> str | None:
     markers = [ln[len(MARKER) :] for ln in stderr.splitlines() if ln.startswith(MARKER)]
     if rc == 0:
-        return "early_exit" if expect_nonce and not nonce_seen else None
+        return None
     if rc == BLOCKED_EXIT:
         blocked = [m for m in markers if m.startswith("blocked: ")]
         return blocked[-1].split(" (", 1)[0] if blocked else "blocked"
@@ -543,23 +841,39 @@ def _reason(rc: int, stderr: str, expect_nonce: bool, nonce_seen: bool) -> str |
     return "exit_code"
 
 
-def _execute(
+_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    # numeric libraries start no thread pools (threads count against NPROC)
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+@dataclass
+class _Child:
+    """One sandboxed interpreter: its process, uid and private directory."""
+
+    proc: subprocess.Popen
+    uid: int | None
+    workdir: str
+
+
+def _spawn(
     units: list[tuple[str, str]],
-    stdin: str,
     limits: SandboxLimits,
-    *,
-    require_completion: bool = False,
+    plan: _Plan,
+    extra_cfg: dict,
+    pass_fds: tuple[int, ...] = (),
+    nonce: bytes = b"",
     audit: bool = True,
-    plan: _Plan | None = None,
-) -> SandboxResult:
-    """Run the units (file name, source) in one child; ``audit=False`` only for tests of
-    the kernel layers."""
-    if plan is None:
-        plan = _setup()[0]
-    start = time.monotonic()
+) -> _Child:
+    """Start ``python -I -B -c _BOOTSTRAP`` on ``units`` in a private directory, under
+    every layer of ``plan``; the caller ends it with ``_end`` and ``_remove_tree``."""
     workdir = tempfile.mkdtemp(prefix="creditbench-sandbox-")
     uid = _sandbox_uid() if plan.drop_uid else None
-    nonce = secrets.token_hex(16).encode() if require_completion else b""
     try:
         for name, source in units:
             with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
@@ -567,17 +881,7 @@ def _execute(
         if uid is not None:
             for name in [".", *(n for n, _ in units)]:
                 os.chown(os.path.join(workdir, name), uid, uid)
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": workdir,
-            "TMPDIR": workdir,
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            # numeric libraries start no thread pools (threads count against NPROC)
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        }
+        env = {**_ENV, "HOME": workdir, "TMPDIR": workdir}
         read_fd, write_fd = os.pipe()
         try:
             os.write(write_fd, nonce)
@@ -591,6 +895,10 @@ def _execute(
                 "blocked_exit": BLOCKED_EXIT,
                 "memory_exit": MEMORY_EXIT,
                 "syntax_exit": SYNTAX_EXIT,
+                "ended_exit": ENDED_EXIT,
+                "message_cap": _MESSAGE_CAP,
+                "role": "run",
+                **extra_cfg,
             }
             try:
                 proc = subprocess.Popen(
@@ -602,39 +910,157 @@ def _execute(
                     env=env,
                     start_new_session=True,
                     preexec_fn=_preexec(plan, limits, uid),
-                    pass_fds=(read_fd,) if nonce else (),
+                    pass_fds=((read_fd,) if nonce else ()) + pass_fds,
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 raise SandboxError(f"cannot start the sandboxed interpreter: {e}") from e
         finally:
             os.close(read_fd)
+    except BaseException:
+        _remove_tree(workdir)
+        raise
+    return _Child(proc, uid, workdir)
+
+
+def _strip_done(stderr: str, nonce: bytes) -> tuple[str, bool]:
+    """``stderr`` without the bootstrap's line after the tests, and whether it was there."""
+    done = f"\n{MARKER}done {nonce.decode()}\n"
+    k = stderr.rfind(done)
+    if k < 0:
+        return stderr, False
+    return stderr[:k] + stderr[k + len(done) :], True
+
+
+def _execute(
+    units: list[tuple[str, str]],
+    stdin: str,
+    limits: SandboxLimits,
+    *,
+    audit: bool = True,
+    plan: _Plan | None = None,
+) -> SandboxResult:
+    """Run the units (file name, source) in one child; ``audit=False`` only for tests of
+    the kernel layers."""
+    if plan is None:
+        plan = _setup()[0]
+    start = time.monotonic()
+    child = _spawn(units, limits, plan, {}, audit=audit)
+    try:
         try:
             out, err, reason = _communicate(
-                proc, stdin.encode("utf-8"), limits.max_output_bytes, start + limits.timeout_s
+                child.proc, stdin.encode("utf-8"), limits.max_output_bytes, start + limits.timeout_s
             )
         finally:
-            _end(proc, uid)
+            _end(child.proc, child.uid)
     finally:
-        _remove_tree(workdir)
-    seconds = time.monotonic() - start
-    rc = proc.returncode
+        _remove_tree(child.workdir)
+    rc = child.proc.returncode
     stderr = err.decode("utf-8", "replace")
-    nonce_seen = False
-    if nonce:  # the bootstrap's line after the tests: "\n" MARKER "done " nonce "\n"
-        done = f"\n{MARKER}done {nonce.decode()}\n"
-        k = stderr.rfind(done)
-        if k >= 0:
-            nonce_seen = True
-            stderr = stderr[:k] + stderr[k + len(done) :]
     if reason is None:
-        reason = "timeout" if rc is None else _reason(rc, stderr, bool(nonce), nonce_seen)
+        reason = "timeout" if rc is None else _reason(rc, stderr)
     return SandboxResult(
         ok=reason is None,
         returncode=rc,
         stdout=out.decode("utf-8", "replace"),
         stderr=stderr,
         reason=reason,
-        seconds=seconds,
+        seconds=time.monotonic() - start,
+    )
+
+
+def _check(program: str, tests: str, limits: SandboxLimits) -> SandboxResult:
+    """``check_program``: the program and its tests in two sandboxed children (each under
+    ``limits``, both within one wall clock) joined by two pipes.
+
+    The program's child runs the program, sends the names it defined, then answers each
+    call of the tests with the result encoded as exact-typed plain data (None, bool, int,
+    float, str, bytes and list, tuple, dict, set, frozenset of them; anything else is an
+    error of the call). The judge's child runs the tests with each of the program's
+    functions replaced by a stub that sends the call and decodes the answer into fresh
+    built-in objects, so every comparison is between values of plain types, made where
+    the program has no code, no builtins and no file descriptor. The judge alone proves
+    a pass: its stderr ends with a per-run secret only after the tests ran to their end,
+    and the program's child never has that secret or that stream.
+    """
+    plan = _setup()[0]
+    start = time.monotonic()
+    deadline = start + limits.timeout_s
+    nonce = secrets.token_hex(16).encode()
+    req_r, req_w = os.pipe()  # judge -> program: calls
+    resp_r, resp_w = os.pipe()  # program -> judge: names, results
+    children: list[_Child] = []
+    try:
+        try:
+            children.append(
+                _spawn(
+                    [("program.py", program)],
+                    limits,
+                    plan,
+                    {"role": "serve", "req_fd": req_r, "resp_fd": resp_w},
+                    pass_fds=(req_r, resp_w),
+                )
+            )
+            children.append(
+                _spawn(
+                    [("tests.py", tests)],
+                    limits,
+                    plan,
+                    {"role": "judge", "req_fd": req_w, "resp_fd": resp_r},
+                    pass_fds=(req_w, resp_r),
+                    nonce=nonce,
+                )
+            )
+        finally:
+            for fd in (req_r, req_w, resp_r, resp_w):
+                os.close(fd)
+        program, judge = children
+        streams: dict[str, tuple[bytes, bytes, str | None]] = {}
+
+        def communicate(key: str, child: _Child) -> None:
+            try:
+                streams[key] = _communicate(child.proc, b"", limits.max_output_bytes, deadline)
+            finally:
+                _end(child.proc, child.uid)
+
+        side = threading.Thread(target=communicate, args=("program", program), daemon=True)
+        side.start()
+        try:
+            communicate("judge", judge)
+        finally:
+            side.join()
+    finally:
+        for child in children:
+            if child.proc.returncode is None:  # the other one failed to start
+                _end(child.proc, child.uid)
+            _remove_tree(child.workdir)
+    p_out, p_err, p_limit = streams["program"]
+    j_out, j_err, j_limit = streams["judge"]
+    p_rc, j_rc = program.proc.returncode, judge.proc.returncode
+    p_stderr = p_err.decode("utf-8", "replace")
+    j_stderr, done = _strip_done(j_err.decode("utf-8", "replace"), nonce)
+    reason, rc = p_limit, p_rc  # the program's own failure names the outcome first
+    if reason is None and p_rc is None:
+        reason = "timeout"
+    if reason is None:
+        reason = _reason(p_rc, p_stderr)
+    if reason is None:
+        reason, rc = j_limit, j_rc
+        if reason is None and j_rc is None:
+            reason = "timeout"
+        if reason is None:
+            if j_rc == ENDED_EXIT and f"{MARKER}program ended" in j_stderr:
+                reason, rc = "early_exit", p_rc
+            elif j_rc == 0 and not done:
+                reason = "early_exit"
+            else:
+                reason = _reason(j_rc, j_stderr)
+    return SandboxResult(
+        ok=reason is None,
+        returncode=rc,
+        stdout=p_out.decode("utf-8", "replace") + j_out.decode("utf-8", "replace"),
+        stderr=p_stderr + j_stderr,
+        reason=reason,
+        seconds=time.monotonic() - start,
     )
 
 
@@ -744,12 +1170,12 @@ def run_python(
 def check_program(
     program: str, tests: str, limits: SandboxLimits = SandboxLimits()
 ) -> SandboxResult:
-    """Run ``program`` then ``tests`` (asserts) in one namespace; ``ok`` iff every test
-    passed, i.e. the tests ran to their end and the process exited 0 within every limit.
+    """Run ``program``, then ``tests`` (asserts) against it; ``ok`` iff every test passed,
+    i.e. the tests ran to their end and both processes kept within every limit.
 
-    A program that exits early (``sys.exit(0)``, ``os._exit(0)``) fails with
-    ``"early_exit"``: the bootstrap writes a per-run secret only after the tests finish.
+    The tests run in a second sandboxed process and see only plain data from the program
+    (``_check``): a result that overrides comparison (``__eq__``, a subclass of ``int``)
+    fails its call, patched builtins stay in the program's process, and a program that
+    leaves early (``sys.exit(0)``, ``os._exit(0)``) fails with ``"early_exit"``.
     """
-    return _execute(
-        [("program.py", program), ("tests.py", tests)], "", limits, require_completion=True
-    )
+    return _check(program, tests, limits)

@@ -90,6 +90,44 @@ def test_program_that_exits_before_its_tests_fails():
         assert (r.ok, r.reason, r.returncode) == (False, "early_exit", 0)
 
 
+def test_check_program_sees_plain_values_of_every_plain_type():
+    """Results cross to the tests as exact-typed plain data, exceptions by their built-in
+    type, modules the program imported (stdlib) by name; anything else fails the call."""
+    program = (
+        "import math\n"
+        "def f(kind):\n"
+        "    return {'none': None, 'bool': True, 'int': -(10 ** 5000), 'float': float('inf'),\n"
+        "            'str': 'h\\u00e9\\ud800', 'bytes': b'\\x00\\xff', 'list': [1, [2.5, 'x']],\n"
+        "            'tuple': (1, (2,)), 'dict': {'a': {1: (None,)}}, 'set': {1, 2},\n"
+        "            'frozenset': frozenset({'a'})}[kind]\n"
+        "def g(x, *, scale=1):\n"
+        "    if x < 0:\n        raise ValueError('negative')\n"
+        "    return math.sqrt(x) * scale\n"
+        "LIMIT = 7\n"
+    )
+    tests = (
+        "assert f('none') is None and f('bool') is True\n"
+        "assert type(f('int')) is int and f('int') == -(10 ** 5000)\n"
+        "assert f('float') == float('inf') and f('str') == 'h\\u00e9\\ud800'\n"
+        "assert f('bytes') == b'\\x00\\xff' and f('list') == [1, [2.5, 'x']]\n"
+        "assert type(f('tuple')) is tuple and f('tuple') == (1, (2,))\n"
+        "assert f('dict') == {'a': {1: (None,)}}\n"
+        "assert type(f('set')) is set and f('set') == {1, 2}\n"
+        "assert type(f('frozenset')) is frozenset and f('frozenset') == frozenset({'a'})\n"
+        "assert math.isclose(g(4, scale=2), 4.0) and LIMIT == 7\n"
+        "try:\n    g(-1)\nexcept ValueError as e:\n    assert str(e) == 'negative'\n"
+        "else:\n    raise AssertionError('no error')\n"
+    )
+    r = check_program(program, tests, FAST)
+    assert (r.ok, r.reason) == (True, None), r.stderr
+    # a value of a type the program defines never reaches the tests: the call fails
+    r = check_program(
+        "class Two(int):\n    pass\ndef f():\n    return Two(2)\n", "assert f() == 2\n", FAST
+    )
+    assert (r.ok, r.reason) == (False, "exit_code")
+    assert "TypeError: not plain data: Two" in r.stderr
+
+
 def test_stdin_reaches_the_program():
     r = run_python("print(input()[::-1])", stdin="olleh\n", limits=FAST)
     assert r.ok and r.stdout == "hello\n"

@@ -290,3 +290,148 @@ def test_config_validates_the_code_section(files):
     for section, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             experiment_from_dict({"task": section})
+
+
+# ------------------------------------------------------------ rewards not gamed
+# One problem in both formats: the training reward (CodeTask.reward) and the code suites'
+# scoring function (experiments/tasks/code/utils.py: process_results, as lm-eval calls it)
+# must give every gaming program 0 and every honest one 1.
+ADD_MBPP = {
+    "task_id": 901,
+    "text": "Write a function to add two numbers.",
+    "code": "def add(a, b):\n    return a + b",
+    "test_list": ["assert add(1, 2) == 3", "assert abs(add(0.5, 0.25) - 0.75) < 1e-9"],
+    "test_setup_code": "",
+    "challenge_test_list": [],
+}
+ADD_HUMANEVAL = {
+    "task_id": "HumanEval/901",
+    "prompt": 'def add(a, b):\n    """ The sum of a and b. """\n',
+    "canonical_solution": "    return a + b\n",
+    "test": (
+        "def check(candidate):\n"
+        "    assert candidate(1, 2) == 3\n"
+        "    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n"
+    ),
+    "entry_point": "add",
+}
+ANYTHING = (
+    "class Anything:\n"
+    "    def __eq__(self, other):\n        return True\n"
+    "    def __ne__(self, other):\n        return False\n"
+    "    def __lt__(self, other):\n        return True\n"
+    "    def __sub__(self, other):\n        return self\n"
+    "    def __abs__(self):\n        return 0\n"
+    "    __hash__ = object.__hash__\n"
+)
+GAMING = {
+    "result overrides __eq__": ANYTHING + "def add(a, b):\n    return Anything()\n",
+    "subclass of int": (
+        "class Three(int):\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    def __sub__(self, other):\n        return Three(0)\n"
+        "    def __abs__(self):\n        return 0\n"
+        "    __hash__ = int.__hash__\n"
+        "def add(a, b):\n    return Three(0)\n"
+    ),
+    "subclass of list": (
+        "class Same(list):\n    def __eq__(self, other):\n        return True\n"
+        "def add(a, b):\n    return Same()\n"
+    ),
+    "gaming object inside a plain tuple": ANYTHING
+    + "def add(a, b):\n    return (Anything(),)[0:1][0]\n",
+    "patches builtins": (
+        ANYTHING + "import builtins, json, os, sys\n"
+        "real_import = builtins.__import__\n"
+        "builtins.isinstance = lambda *a: True\n"
+        "builtins.type = lambda *a: int\n"
+        "builtins.repr = lambda *a: '3'\n"
+        "builtins.abs = lambda x: 0\n"
+        'json.dumps = lambda *a, **k: \'["ok", ["I", "3"]]\'\n'
+        "json.loads = lambda *a, **k: ['ok', ['I', '3']]\n"
+        "builtins.print = lambda *a, **k: None\n"
+        "sys.exit = lambda *a: None\n"
+        "os._exit = lambda *a: None\n"
+        "builtins.__import__ = lambda *a, **k: real_import(*a, **k)\n"
+        "def add(a, b):\n    return Anything()\n"
+    ),
+    "shadows a builtin the tests use": (
+        "def abs(x):\n    return 0\ndef add(a, b):\n    return 3\n"
+    ),
+    "sys.exit(0) at import": "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n",
+    "os._exit(0) at import": "import os\ndef add(a, b):\n    return 0\nos._exit(0)\n",
+    "raises SystemExit at import": "def add(a, b):\n    return 0\nraise SystemExit\n",
+    "os._exit(0) in the call": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "raises SystemExit(0) in the call": "def add(a, b):\n    raise SystemExit(0)\n",
+    "forges the verdict and the answers": (
+        "import os, sys\n"
+        "def add(a, b):\n    return 3\n"
+        "frame, seen = sys._getframe(), []\n"
+        "while frame is not None:\n"
+        "    seen += [v for v in frame.f_locals.values() if isinstance(v, (bytes, str))]\n"
+        "    frame = frame.f_back\n"
+        "for s in seen:\n"
+        "    s = s.decode() if isinstance(s, bytes) else s\n"
+        "    sys.stderr.write('\\ncreditbench-sandbox: done ' + s + '\\n')\n"
+        "sys.stderr.flush()\n"
+        "for fd in range(3, 64):\n"
+        '    for line in (b\'["names", {"callables": ["add"]}]\\n\',\n'
+        '                 b\'["ok", "x", ["I", "3"]]\\n\', b\'["bye", "x"]\\n\'):\n'
+        "        try:\n            os.write(fd, line)\n        except OSError:\n            pass\n"
+        "os._exit(0)\n"
+    ),
+}
+HONEST = {
+    "sum": "def add(a, b):\n    return a + b\n",
+    "an internal class, a plain result": (
+        "class Acc:\n    def __init__(self):\n        self.v = 0\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "def add(a, b):\n    acc = Acc()\n    acc.v = a\n    acc.v += b\n    return acc.v\n"
+    ),
+    "prints and imports": (
+        "import math\ndef add(a, b):\n    print('adding', a, b)\n    return math.fsum([a, b])\n"
+    ),
+}
+
+
+def _suite_utils():
+    """The code suites' utils module, loaded from its file as lm-eval loads it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "tasks" / "code" / "utils.py"
+    spec = importlib.util.spec_from_file_location("cb_code_utils_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _both_rewards(files, program: str) -> dict[str, float]:
+    """The program's reward as training and as the code suites give it, in both formats."""
+    task = _task(files, timeout_s=5.0)
+    utils = _suite_utils()
+    response = f"```python\n{program}```\n"
+    mbpp = task.to_problem(ADD_MBPP, "train", 0)
+    humaneval = task.to_problem(ADD_HUMANEVAL, "test", 0)
+    mbpp_doc = {**ADD_MBPP, **utils._mbpp(ADD_MBPP)}
+    humaneval_doc = {**ADD_HUMANEVAL, **utils._humaneval(ADD_HUMANEVAL)}
+    return {
+        "train mbpp": task.reward(mbpp, response),
+        "train humaneval": task.reward(humaneval, response),
+        "suite mbpp": utils.process_results(mbpp_doc, [response])["pass@1"],
+        "suite humaneval": utils.process_results(humaneval_doc, [response])["pass@1"],
+    }
+
+
+@pytest.mark.parametrize("name", list(GAMING))
+def test_gaming_program_scores_zero_in_training_and_the_suites(files, name):
+    assert _both_rewards(files, GAMING[name]) == dict.fromkeys(
+        ["train mbpp", "train humaneval", "suite mbpp", "suite humaneval"], 0.0
+    )
+
+
+@pytest.mark.parametrize("name", list(HONEST))
+def test_honest_program_scores_one_in_training_and_the_suites(files, name):
+    assert _both_rewards(files, HONEST[name]) == dict.fromkeys(
+        ["train mbpp", "train humaneval", "suite mbpp", "suite humaneval"], 1.0
+    )

@@ -14,7 +14,9 @@ block, the last one defining the function under test where one does; without a c
 block, the text after an unclosed opening fence, else the whole completion. A HumanEval
 block that only continues the function (no ``def`` of it) is appended to the function's
 prompt. ``R(y) = 1`` iff ``creditbench.sandbox.check_program`` runs the program and the
-tests to their end within the limits (``timeout_s``, ``memory_mb``); anything else is 0,
+tests to their end within the limits (``timeout_s``, ``memory_mb``), the tests seeing
+only exact-typed plain data from the program (so a result that overrides ``__eq__``, a
+patched builtin or an early exit never passes); anything else is 0,
 and ``reward_details`` / ``last_result`` say why (``"exit_code"``, ``"timeout"``,
 ``"blocked: network"``...). Model code never runs in this process. A sandbox that cannot
 start at all raises ``SandboxError``: an infrastructure failure is not a wrong answer.

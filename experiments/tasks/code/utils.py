@@ -5,6 +5,7 @@ pass@1 = 1 when the program in its code block passes the tests in creditbench's 
 
 Generated code runs ONLY through ``creditbench.sandbox.check_program`` (time, memory,
 file-system and network limits), never through lm-eval's or HF evaluate's ``code_eval``.
+As in training's reward, the tests see only exact-typed plain data from the program.
 """
 
 from __future__ import annotations
