@@ -396,6 +396,18 @@ def plot_sample_efficiency(
     baseline on a log axis (geometric mean ± CI of matched seeds; bounds as open carets)."""
     colours = run_colours(runs)
     present = [r for r in runs if (table.run == r).any()]
+    if not present:  # no in-training evaluation: say so rather than draw empty axes
+        fig, ax = plt.subplots(figsize=FIGSIZE)
+        ax.set_axis_off()
+        ax.text(
+            0.5,
+            0.5,
+            "no in-training evaluation in metrics.jsonl\n(train.eval_every: 0)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        return _save(fig, out_dir, "sample_efficiency")
     fractions = sorted(table[table.quantity == "speedup"].fraction.dropna().unique())
     n_panels = 1 + len(fractions)
     height = max(2.4, 0.42 * len(present) + 1.5)

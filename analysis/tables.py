@@ -503,7 +503,7 @@ def log_ratio_ci(
 
 def _summary_row(run: str, method: str, quantity: str, axis: str, **values) -> dict:
     row = dict.fromkeys(SAMPLE_EFFICIENCY_COLUMNS, math.nan)
-    row.update(run=run, method=method, quantity=quantity, axis=axis, bound="", baseline="")
+    row.update(run=run, method=method, quantity=quantity, axis=axis, bound="none", baseline="")
     row.update(n_seeds=0, n_reached=0, n_matched=0)
     row.update(values)
     return row
@@ -518,7 +518,7 @@ def speedup(run_t: pd.DataFrame, base_t: pd.DataFrame) -> dict:
     upper bound); the baseline's, so it is larger (``lower``); both: ``unknown``. No
     interval nor test for a bound."""
     seeds = sorted(set(run_t.index) & set(base_t.index))
-    out = {"n_matched": len(seeds), "bound": ""}
+    out = {"n_matched": len(seeds), "bound": "none"}
     if not seeds:
         return out
     r, b = run_t.loc[seeds], base_t.loc[seeds]
@@ -547,7 +547,8 @@ def sample_efficiency_table(
     - ``auc``: mean ± t interval over seeds; difference to the baseline over matched
       seeds with the paired t-test's p and the minimum detectable difference (``mde``).
     - ``to_threshold``: mean over seeds (seeds that did not reach the threshold counted
-      at their budget: then ``bound`` = ``lower``, no interval); ``n_reached``.
+      at their budget: then ``bound`` = ``lower``, no interval; otherwise ``none``);
+      ``n_reached``.
     - ``speedup``: baseline time / run time, the geometric mean over matched seeds with
       the t interval of the mean log ratio, the p of log ratio = 0, and ``mde`` the
       smallest ratio (> 1) detectable at 80% power; ``bound`` ``upper`` / ``lower``
@@ -987,7 +988,7 @@ def fmt_count(x: float, unit: str) -> str:
     if math.isnan(x):
         return "–"
     if unit == "s":
-        return fmt_num(x)
+        return fmt_num(x, 1 if abs(x) < 100 else 0)
     return fmt_num(x, 0 if unit == "tokens" or float(x).is_integer() else 1)
 
 

@@ -255,6 +255,11 @@ def test_absent_baseline_skips_the_difference(exp, tmp_path):
     assert out["efficiency"].ratio_to_baseline.isna().all()
     md = (tmp_path / "t/main.md").read_text()
     assert "Difference to" not in md and "baseline run 'vineppo' is absent" in md
+    se = out["sample_efficiency"]
+    assert set(se.quantity) == {"auc", "to_threshold"} and se.delta.isna().all()
+    md = (tmp_path / "t/sample_efficiency.md").read_text()
+    assert "No time to 50% of the gain: baseline run 'vineppo' is absent." in md
+    assert "AUC difference" not in md
 
 
 def test_efficiency_per_step_and_relative_to_the_baseline(exp):
@@ -307,7 +312,7 @@ def test_tables_command_line_writes_every_table_in_the_given_run_order(exp, caps
     out = exp / "tables"
     args = [str(exp), "--runs", "srpo_1x4,grpo", "--seeds", "0,1,2", "--suites", ",".join(SUITES)]
     assert tables.main([*args, "--out", str(out)]) == 0
-    for name in ("main", "efficiency"):
+    for name in ("main", "efficiency", "sample_efficiency"):
         for ext in ("md", "tex", "csv", "html"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
     main_csv = pd.read_csv(out / "main.csv")
@@ -357,6 +362,9 @@ def test_curves_average_over_seeds_with_the_band():
     se = figures.curve_over_seeds(df, "accuracy", "step", "se")
     half = np.std([0.1, 0.2, 0.6], ddof=1) / math.sqrt(3)
     assert se.lo.iloc[0] == pytest.approx(0.3 - half) and se.hi.iloc[0] == pytest.approx(0.3 + half)
+    ci = figures.curve_over_seeds(df, "accuracy", "step", "ci95")  # the tables' t interval
+    assert ci.lo.iloc[0] == pytest.approx(0.3 - T_975_DF2 * half)
+    assert ci.hi.iloc[0] == pytest.approx(0.3 + T_975_DF2 * half)
     curves = pd.DataFrame(
         {"run": "r", "seed": 0, "step": [0, 1, 2, 3], "reward": [np.nan, 0.0, 1.0, 0.5]}
     )
@@ -383,3 +391,260 @@ def test_the_warm_start_row_leads_the_table_when_the_base_was_evaluated(exp, tmp
 def test_no_warm_start_row_without_its_evaluation(exp, tmp_path):
     tables.write_tables(collect.load(exp), SUITES, tmp_path / "t", "grpo", "results/fake")
     assert "warm start" not in (tmp_path / "t/main.md").read_text()
+
+
+# ---------------------------------------------------------------- sample efficiency, power
+
+# Small curves worked by hand: 4 steps, an evaluation every 2 (steps 0, 2, 4), two seeds.
+CURVES = {  # run: (accuracy at steps 0, 2, 4 per seed, generated tokens / step, seconds / step)
+    "grpo": ([[0.2, 0.45, 0.5], [0.2, 0.3, 0.7]], 100, 2.0),
+    "fast": ([[0.2, 0.6, 0.6], [0.2, 0.5, 0.8]], 200, 3.0),
+    "slow": ([[0.2, 0.25, 0.3], [0.2, 0.3, 0.4]], 100, 2.0),
+}
+# grpo: warm start 0.2, final (0.5 + 0.7) / 2 = 0.6, gain 0.4: thresholds 0.4 (50%), 0.52 (80%)
+T_975_DF1 = 12.706204736174707  # Student t quantile, 0.975, 1 degree of freedom
+
+
+def t_quantile_df2(p: float) -> float:
+    """Student t quantile with 2 degrees of freedom, in closed form."""
+    return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+
+
+def write_curve_run(root: Path, run: str, seed: int) -> None:
+    """A run x seed as the trainer writes it: a step-0 evaluation line, one line per step
+    with the cumulative counters, ``eval/test/...`` on every second step; its ledger."""
+    accs, tok_per_step, sec_per_step = CURVES[run]
+    acc = dict(zip((0, 2, 4), accs[seed], strict=True))
+    d = root / "runs" / run / f"seed{seed}"
+    (d / "eval").mkdir(parents=True)
+    rows = []
+    for step in range(5):
+        row = {"step": step}
+        if step:
+            row.update(reward=0.5, trained_reward=0.5, loss=0.1, step_seconds=sec_per_step)
+        if step in acc:
+            row.update({"eval/test/accuracy": acc[step], "eval/test/stderr": 0.05})
+        row.update(
+            generated_tokens=tok_per_step * step,
+            forwarded_tokens=3 * tok_per_step * step,
+            seconds=sec_per_step * step,
+        )
+        rows.append(row)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ledger = {
+        "generated_tokens": {"rollout": tok_per_step * 4},
+        "forwarded_tokens": {"rollout": 3 * tok_per_step * 4},
+        "seconds": {"collect": sec_per_step * 3, "generate": sec_per_step * 2, "update": 2.0},
+        "run": run,
+        "method": "grpo",
+        "seed": seed,
+        "steps": 4,
+        "train_seconds": sec_per_step * 4,
+    }
+    (d / "ledger.json").write_text(json.dumps(ledger))
+    result = {"suite": "chains_test", "accuracy": accs[seed][-1], "stderr": 0.05, "n": 100}
+    (d / "eval" / "chains_test.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def curve_exp(tmp_path) -> Path:
+    root = tmp_path / "results" / "curves"
+    for run in CURVES:
+        for seed in (0, 1):
+            write_curve_run(root, run, seed)
+    return root
+
+
+def se_row(table, run, quantity, axis, fraction=None):
+    sel = (table.run == run) & (table.quantity == quantity) & (table.axis == axis)
+    if fraction is not None:
+        sel &= np.isclose(table.fraction, fraction)
+    return table[sel].iloc[0]
+
+
+def test_normalised_auc_and_crossing_on_hand_worked_curves():
+    # trapezoids over (0, 0.2), (2, 0.6), (4, 0.8): (0.8 + 1.4) / 4
+    assert tables.normalised_auc([0, 2, 4], [0.2, 0.6, 0.8], 4) == pytest.approx(0.55)
+    # cut at 3: y(3) = 0.7, area (0.2+0.6)/2*2 + (0.6+0.7)/2*1 = 1.45, over 3
+    assert tables.normalised_auc([0, 2, 4], [0.2, 0.6, 0.8], 3) == pytest.approx(1.45 / 3)
+    assert math.isnan(tables.normalised_auc([0, 2, 4], [0.2, 0.6, 0.8], 5))  # no extrapolation
+    # 0.5 is crossed between (2, 0.45) and (4, 0.7): 2 + 0.05 / 0.25 * 2
+    assert tables.crossing([0, 2, 4], [0.2, 0.45, 0.7], 0.5) == pytest.approx(2.4)
+    assert tables.crossing([0, 2, 4], [0.2, 0.45, 0.7], 0.45) == 2.0  # reached at an evaluation
+    assert tables.crossing([0, 2, 4], [0.2, 0.45, 0.7], 0.2) == 0.0
+    assert tables.crossing([0, 2, 4], [0.2, 0.45, 0.7], 0.71) == math.inf  # not reached
+    assert tables.crossing([0, 2, 4], [0.2, 0.6, 0.5], 0.55) == pytest.approx(1.75)  # first one
+
+
+def test_auc_over_steps_tokens_and_seconds_at_the_common_budget(curve_exp):
+    res = collect.load(curve_exp)
+    per_seed, thr, budgets = tables.sample_efficiency_per_seed(res.curves, "grpo")
+    assert budgets == {"step": 4.0, "generated_tokens": 400.0, "seconds": 8.0}
+    assert (thr.warm, thr.final) == (pytest.approx(0.2), pytest.approx(0.6))
+    assert thr.levels == {0.5: pytest.approx(0.4), 0.8: pytest.approx(0.52)}
+    t = tables.sample_efficiency_table(per_seed, res.runs, "grpo")
+    # over steps, (y0 + 2 y2 + y4) / 4 per seed: grpo 0.4, 0.375; fast 0.5, 0.5; slow 0.25, 0.3
+    r = se_row(t, "fast", "auc", "step")
+    assert r["mean"] == pytest.approx(0.5) and r["std"] == pytest.approx(0.0, abs=1e-12)
+    g = se_row(t, "grpo", "auc", "step")
+    half = T_975_DF1 * np.std([0.4, 0.375], ddof=1) / math.sqrt(2)
+    assert g["mean"] == pytest.approx(0.3875)
+    assert (g.ci_low, g.ci_high) == (pytest.approx(0.3875 - half), pytest.approx(0.3875 + half))
+    # paired differences 0.1 and 0.125
+    assert r.delta == pytest.approx(0.1125) and r.n_matched == 2
+    assert r.sd_diff == pytest.approx(0.025 / math.sqrt(2))
+    t_stat = 0.1125 / (0.025 / math.sqrt(2) / math.sqrt(2))
+    assert r.p_value == pytest.approx(2 * stats.t.sf(t_stat, 1))
+    # fast spends 200 tokens a step: cut at 400 tokens (its step 2): (0.2 + y2) / 2
+    r = se_row(t, "fast", "auc", "generated_tokens")
+    assert r["mean"] == pytest.approx(np.mean([0.4, 0.35]))
+    assert r.delta == pytest.approx(np.mean([0.4 - 0.4, 0.35 - 0.375]))
+    # 3 s a step, cut at 8 s between (6, y2) and (12, y4): y(8) = y2 + (y4 - y2) / 3
+    # seed 0: (0.2 + 0.6) / 2 * 6 + (0.6 + 0.6) / 2 * 2 = 3.6; seed 1: 2.1 + 1.1 = 3.2
+    r = se_row(t, "fast", "auc", "seconds")
+    assert r["mean"] == pytest.approx(np.mean([3.6 / 8, 3.2 / 8]))
+    assert r.budget == 8.0
+
+
+def test_steps_and_tokens_to_threshold_with_interpolation_and_not_reached(curve_exp):
+    res = collect.load(curve_exp)
+    per_seed, _, _ = tables.sample_efficiency_per_seed(res.curves, "grpo")
+    t = tables.sample_efficiency_table(per_seed, res.runs, "grpo")
+    # 0.4: grpo 0.2/0.25*2 = 1.6, 2 + 0.1/0.4*2 = 2.5; fast 0.2/0.4*2 = 1.0, 0.2/0.3*2 = 4/3
+    g = se_row(t, "grpo", "to_threshold", "step", 0.5)
+    assert g["mean"] == pytest.approx(2.05) and g.n_reached == 2 and g.bound == "none"
+    half = T_975_DF1 * np.std([1.6, 2.5], ddof=1) / math.sqrt(2)
+    assert g.ci_high == pytest.approx(2.05 + half)
+    f = se_row(t, "fast", "to_threshold", "generated_tokens", 0.5)
+    assert f["mean"] == pytest.approx(np.mean([200.0, 800 / 3]))  # 200 tokens a step
+    # 0.52: grpo seed 0 ends at 0.5 (not reached: counted at its budget, 4), seed 1 3.1
+    g = se_row(t, "grpo", "to_threshold", "step", 0.8)
+    assert g.n_reached == 1 and g.bound == "lower" and g["mean"] == pytest.approx(3.55)
+    text = tables.fmt_time(g, "steps")  # a lower bound of the mean, shown as such
+    assert text.startswith("> 3.") and text.endswith(" (1/2 reached)")
+    assert math.isnan(g.ci_low)
+    s = se_row(t, "slow", "to_threshold", "step", 0.8)
+    assert s.n_reached == 0 and s.budget == 4 and s.bound == "lower"
+    # slow reaches 0.4 at its last evaluation in seed 1 only
+    s = se_row(t, "slow", "to_threshold", "step", 0.5)
+    assert s.n_reached == 1 and s["mean"] == 4.0
+    seeds = per_seed[(per_seed.run == "slow") & (per_seed.quantity == "to_threshold")]
+    seeds = seeds[(seeds.axis == "step") & np.isclose(seeds.fraction, 0.5)]
+    assert seeds.reached.tolist() == [False, True] and seeds.value.tolist() == [4.0, 4.0]
+
+
+def test_speed_up_against_the_baseline_on_the_log_scale_and_its_bounds(curve_exp):
+    res = collect.load(curve_exp)
+    per_seed, _, _ = tables.sample_efficiency_per_seed(res.curves, "grpo")
+    t = tables.sample_efficiency_table(per_seed, res.runs, "grpo")
+    # 50%: grpo / fast per seed = 1.6 / 1.0 and 2.5 / (4/3)
+    ratios = np.array([1.6, 2.5 * 3 / 4])
+    logs = np.log(ratios)
+    half = T_975_DF1 * logs.std(ddof=1) / math.sqrt(2)
+    r = se_row(t, "fast", "speedup", "step", 0.5)
+    assert r["mean"] == pytest.approx(math.sqrt(1.6 * 1.875))  # geometric mean
+    assert r.ci_low == pytest.approx(math.exp(logs.mean() - half))
+    assert r.ci_high == pytest.approx(math.exp(logs.mean() + half))
+    assert r.p_value == pytest.approx(stats.ttest_1samp(logs, 0).pvalue)
+    assert r.mde == pytest.approx(math.exp(tables.mde(logs.std(ddof=1), 2)))
+    assert r.bound == "none"
+    tok = se_row(t, "fast", "speedup", "generated_tokens", 0.5)  # twice the tokens per step
+    assert tok["mean"] == pytest.approx(r["mean"] / 2)
+    # 80%: a grpo seed did not reach: its budget (4) stands for its time, a lower bound
+    r = se_row(t, "fast", "speedup", "step", 0.8)
+    fast_80 = [0.32 / 0.4 * 2, 2 + 0.02 / 0.3 * 2]  # 1.6, 2.1333
+    assert r.bound == "lower"
+    assert r["mean"] == pytest.approx(math.sqrt(4 / fast_80[0] * 3.1 / fast_80[1]))
+    assert math.isnan(r.ci_low) and math.isnan(r.p_value)
+    # slow did not reach 0.4 in seed 0: an upper bound, (1.6 / 4 * 2.5 / 4) ** 0.5 = 0.5
+    r = se_row(t, "slow", "speedup", "step", 0.5)
+    assert r.bound == "upper" and r["mean"] == pytest.approx(0.5)
+    # 80%: neither slow nor one grpo seed reached it: unknown
+    r = se_row(t, "slow", "speedup", "step", 0.8)
+    assert r.bound == "unknown" and math.isnan(r["mean"])
+    assert t[(t.run == "grpo") & (t.quantity == "speedup")].empty  # not against itself
+
+
+def test_sample_efficiency_tables_show_bounds_not_reached_and_mde(curve_exp, tmp_path):
+    res = collect.load(curve_exp)
+    out = tables.write_tables(res, ["chains_test"], tmp_path / "t", "grpo", "results/curves")
+    md = (tmp_path / "t/sample_efficiency.md").read_text()
+    assert "| run | method | seeds | steps 0–4 | tokens 0–400 | seconds 0–8.0 |" in md
+    assert "| warm start | – | – | 20.0 | 20.0 | 20.0 |" in md
+    assert "| run | method | seeds | steps | MDE | tokens | MDE | seconds | MDE |" in md
+    header = (
+        "| run | method | seeds | steps | × fewer steps | MDE | tokens | × fewer tokens | MDE |"
+    )
+    assert md.count(header) == 2  # 50% and 80%
+    assert "to 50% of grpo's gain (held-out accuracy ≥ 40.0%)" in md
+    assert "to 80% of grpo's gain (held-out accuracy ≥ 52.0%)" in md
+    lines = md.splitlines()
+    slow = [ln for ln in lines if ln.startswith("| slow |")]
+    # AUC over steps: slow 0.25, 0.3 against grpo 0.4, 0.375: differences −0.15, −0.075
+    slow_mde = 100 * tables.mde(0.075 / math.sqrt(2), 2)
+    assert slow[1].startswith(f"| slow | grpo | 2 | −11.3 (p=0.205) | {slow_mde:.1f} |")
+    assert "| > 4 (1/2 reached) | < 0.50× (1/2 seeds not reached) |" in slow[2]
+    assert "| not reached (> 4) | n/a (neither reached) |" in slow[3]
+    fast = [ln for ln in lines if ln.startswith("| fast |")]
+    lo, hi = se_row(out["sample_efficiency"], "fast", "speedup", "step", 0.5)[["ci_low", "ci_high"]]
+    assert f"| 1.73× [{lo:.2f}, {hi:.2f}] |" in fast[2]
+    assert "> 1.91× (grpo: seeds not reached)" in fast[3]  # (4 / 1.6 · 3.1 / 2.133) ** 0.5
+    grpo = [ln for ln in lines if ln.startswith("| grpo |")]
+    assert "| 2.0 ± 5.7 | reference | – |" in grpo[1]  # 2.05 ± 12.7 * 0.636 / √2
+    back = pd.read_csv(tmp_path / "t/sample_efficiency.csv", keep_default_na=False, na_values=[""])
+    assert list(back.columns) == tables.SAMPLE_EFFICIENCY_COLUMNS
+    pd.testing.assert_frame_equal(
+        back, out["sample_efficiency"], check_dtype=False, rtol=1e-9, check_exact=False
+    )
+    seeds = pd.read_csv(tmp_path / "t/sample_efficiency_seeds.csv")
+    assert len(seeds) == 3 * 2 * (3 + 2 * 2) and seeds.source.str.endswith("metrics.jsonl").all()
+    tex = (tmp_path / "t/sample_efficiency.tex").read_text()
+    assert r"$<$ 0.50$\times$ (1/2 seeds not reached)" in tex
+
+
+def test_minimum_detectable_effect_by_hand_and_by_simulation():
+    # approximation: (t_{0.975, 2} + t_{0.8, 2}) * sd / sqrt(3), quantiles in closed form
+    approx = (t_quantile_df2(0.975) + t_quantile_df2(0.8)) * 0.02 / math.sqrt(3)
+    assert t_quantile_df2(0.975) == pytest.approx(T_975_DF2)
+    assert tables.mde(0.02, 3, exact=False) == pytest.approx(approx)
+    assert approx == pytest.approx(5.3633129 * 0.02 / math.sqrt(3))
+    exact = tables.mde(0.02, 3)
+    assert 1.04 * approx < exact < 1.07 * approx  # few seeds: the approximation is optimistic
+    # the exact MDE has 80% power: simulate paired experiments with that true difference
+    rng = np.random.default_rng(12)
+    d = rng.normal(exact, 0.02, size=(400_000, 3))
+    t_stat = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(3))
+    assert np.mean(np.abs(t_stat) > T_975_DF2) == pytest.approx(0.80, abs=0.003)
+    # many seeds: the two agree; degenerate inputs
+    assert tables.mde(1.0, 50) == pytest.approx(tables.mde(1.0, 50, exact=False), rel=2e-3)
+    assert math.isnan(tables.mde(0.02, 1)) and tables.mde(0.0, 3) == 0.0
+
+
+def test_main_table_shows_the_mde_beside_each_difference(exp, tmp_path):
+    res = collect.load(exp)
+    out = tables.write_tables(res, SUITES, tmp_path / "t", "grpo", "results/fake")
+    r = acc_row(out["main"], "srpo_1x4", "chains_test")
+    sd = np.std([0.10, 0.03, 0.11], ddof=1)
+    assert r.sd_diff == pytest.approx(sd) and r.mde == pytest.approx(tables.mde(sd, 3))
+    assert 3.26 * sd < r.mde < 3.27 * sd  # 3 seeds: about 3.26 sd of the differences
+    md = (tmp_path / "t/main.md").read_text()
+    header = "| run | method | seeds | chains_test | MDE | chains_test_long | MDE | average | MDE |"
+    assert header in md
+    assert f"| srpo_1x4 | srpo | 3 | +8.0 (p=0.086) | {100 * r.mde:.1f} |" in md
+    assert "could not have seen" in md
+    # the existing columns stay
+    main_csv = pd.read_csv(tmp_path / "t/main.csv")
+    assert list(main_csv.columns[:12]) == tables.ACCURACY_COLUMNS[:12]
+    assert {"sd_diff", "mde"} <= set(main_csv.columns)
+
+
+def test_without_in_training_evaluations_the_table_says_so(exp, tmp_path):
+    for metrics in exp.glob("runs/*/seed*/metrics.jsonl"):
+        rows = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+        rows = [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in rows]
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tables.write_tables(collect.load(exp), SUITES, tmp_path / "t", "grpo", "fake")
+    assert out["sample_efficiency"].empty
+    assert "No in-training evaluation" in (tmp_path / "t/sample_efficiency.md").read_text()
+    paths = figures.write_figures(collect.load(exp, final=False), tmp_path / "fig")
+    assert (tmp_path / "fig/sample_efficiency.png") in paths
