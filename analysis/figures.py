@@ -425,8 +425,9 @@ def plot_sample_efficiency(
                 continue
             r = r.iloc[0]
             err = None
-            if not math.isnan(r.ci_low):
-                err = [[100 * (r["mean"] - r.ci_low)], [100 * (r.ci_high - r["mean"])]]
+            if not math.isnan(r.ci_low):  # clipped to the possible 0-100%
+                low, high = max(r.ci_low, 0.0), min(r.ci_high, 1.0)
+                err = [[100 * (r["mean"] - low)], [100 * (high - r["mean"])]]
             ax.errorbar(
                 100 * r["mean"],
                 i + offsets[axis],
@@ -493,11 +494,12 @@ def plot_sample_efficiency(
                     caret = "<" if r.bound == "upper" else ">"
                     ax.plot(r["mean"], y, caret, ms=6, mfc="white", color=colours[run], mew=1.2)
                     who = "" if r.bound == "upper" else f"{baseline} "
-                    ax.annotate(
+                    ax.annotate(  # on the side the caret does not point to
                         f"{AXIS_SHORT[axis]}: {who}not reached",
                         (r["mean"], y),
-                        xytext=(6, 0),
+                        xytext=(6, 0) if r.bound == "upper" else (-6, 0),
                         textcoords="offset points",
+                        ha="left" if r.bound == "upper" else "right",
                         va="center",
                         fontsize=6.5,
                         color=colours[run],
