@@ -4,13 +4,16 @@ the SRPO / IBPO prompts, and the config section."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from creditbench.config import ConfigError, MathTaskConfig, experiment_from_dict
 from creditbench.tasks import DataError, Problem, make_task
-from creditbench.tasks.math import MathTask, gold_answer, last_boxed
+from creditbench.tasks import math as mathtask
+from creditbench.tasks.math import MathTask, boxed_reward, gold_answer, last_boxed
 
 GSM8K = [
     {
@@ -474,3 +477,46 @@ def test_plain_prompts_skip_the_chat_template():
     plain = Sampler(None, tok, SamplingConfig(), chat_template=False).encode_prompt("1+2")
     assert plain[-3:] == tok("1+2", add_special_tokens=False)["input_ids"]
     assert chat == tok("1+2=", add_special_tokens=False)["input_ids"]
+
+
+# -------------------------------------------------------- verification is bounded
+PATHOLOGICAL = "9^{9^{9^{9}}}"  # sympy evaluates the integer tower: minutes, GIL held
+
+
+def _in_thread(fn, *args):
+    """``fn(*args)`` in a thread that is not the main one, and the seconds it took."""
+    out = {}
+
+    def run():
+        t = time.monotonic()
+        out["value"] = fn(*args)
+        out["seconds"] = time.monotonic() - t
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the check did not return within 60 s"
+    return out["value"], out["seconds"]
+
+
+def test_pathological_answer_scores_zero_within_the_clock_off_the_main_thread():
+    """math-verify's own timeout is signal.alarm (math_verify/utils.py: ``timeout``), which
+    a thread other than the main one cannot use: there the check runs in a worker process
+    under math-verify's limit, and the reward is 0 within about that limit."""
+    from creditbench.lmeval import score_math
+
+    completion = f"So the answer is \\boxed{{{PATHOLOGICAL}}}."
+    bound = 2 * mathtask.VERIFY_TIMEOUT_S + 5  # gold and answer parse, verify, start-up
+    for fn, args in ((boxed_reward, ("1", completion)), (score_math, (completion, "1"))):
+        value, seconds = _in_thread(fn, *args)
+        assert value == 0.0 and seconds < bound, (fn.__name__, value, seconds)
+    value, seconds = _in_thread(boxed_reward, "\\frac{1}{2}", "\\boxed{0.5}")
+    assert value == 1.0
+
+
+def test_a_check_that_overruns_its_deadline_is_wrong_and_the_next_one_works():
+    t = time.monotonic()
+    assert mathtask.verify_answers("1", PATHOLOGICAL, deadline_s=1.0) == (False, False)
+    assert time.monotonic() - t < 1.0 + 2.0  # the worker is killed at the deadline
+    assert mathtask.answers_match("\\frac{1}{2}", "0.5", deadline_s=30.0)
+    assert mathtask.verify_answers("1", "2") == (True, False)

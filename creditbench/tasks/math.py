@@ -9,7 +9,8 @@ question filled in); the engine wraps it in the tokenizer's chat template.
 Verifier: ``R(y) = 1`` iff the completion's *last* ``\\boxed{...}`` parses and
 ``math_verify.verify`` finds it equal to the gold answer (``\\frac12``, ``0.5`` and
 ``\\dfrac{1}{2}`` are one answer). Anything else, malformed output included, is 0; the
-verifier never raises. A completion cut off by the length limit is scored 0 by the engine.
+verifier never raises. math-verify runs in worker processes, so a pathological expression
+costs at most ``VERIFY_DEADLINE_S`` of wall clock in any thread (``verify_answers``). A completion cut off by the length limit is scored 0 by the engine.
 
 Thoughts (methods.md, "Thoughts"), by ``segmenter``; their concatenation is always the
 completion, character for character:
@@ -39,6 +40,7 @@ setting that needs them.
 
 from __future__ import annotations
 
+import atexit
 import json
 import random
 import re
@@ -50,6 +52,7 @@ from typing import Any
 from creditbench.config import MathDataConfig, MathTaskConfig
 from creditbench.tasks import DataError, Problem, SourcedSplits, merge_blank, split_lines
 from creditbench.tasks.chains import Localisation  # one answer type for every task
+from creditbench.thoughts import ThoughtRules
 from creditbench.utils import last_braced_span
 
 SPLITS = ("train", "test")
@@ -95,31 +98,148 @@ def gold_answer(text: str, answer_format: str) -> str | None:
     return re.sub(r"(?<=\d),(?=\d{3}\b)", "", answer) or None
 
 
-def _timeout() -> int | None:
-    # math-verify times out with signal.alarm, which only the main thread may use
-    return 5 if threading.current_thread() is threading.main_thread() else None
+# ------------------------------------------------------------- verification
+# math-verify bounds its parse and verify with signal.alarm, which works in a main thread
+# only, and not at all while a C routine runs (sympy's integer powers: 9^{9^{9^{9}}} holds
+# the GIL for minutes). So every check runs in a worker process of its own, in that
+# process's main thread with math-verify's limits, and the caller waits for it on the wall
+# clock: a worker that overruns ``VERIFY_DEADLINE_S`` is killed and the answer is wrong.
+VERIFY_TIMEOUT_S = 5  # math-verify's own limit on each parse and verify, in the worker
+VERIFY_DEADLINE_S = 20.0  # the caller's wall clock on one check, worker start included
+_MAX_IDLE_WORKERS = 8
+_WORKER = "from creditbench.tasks.math import _verify_worker; _verify_worker()"
 
 
-def _parse_boxed(answer: str):
-    from math_verify import parse
+def _verify_worker() -> None:
+    """A worker's loop: one JSON request per line on stdin, one answer per line on stdout."""
+    import sys
 
-    return parse(f"\\boxed{{{answer}}}", parsing_timeout=_timeout())
+    from math_verify import parse, verify
+
+    @lru_cache(maxsize=65536)  # a problem's gold is parsed once
+    def parse_gold(gold: str, timeout: int):
+        return parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout)
+
+    for line in sys.stdin:
+        parsed = equal = False
+        try:
+            request = json.loads(line)
+            timeout = int(request["timeout"])
+            gold = parse_gold(request["gold"], timeout)
+            pred = parse(f"\\boxed{{{request['predicted']}}}", parsing_timeout=timeout)
+            parsed = bool(gold) and bool(pred)
+            equal = parsed and bool(verify(gold, pred, timeout_seconds=timeout))
+        except Exception:  # malformed output of any kind is a wrong answer
+            equal = False
+        sys.stdout.write(json.dumps({"parsed": parsed, "equal": equal}) + "\n")
+        sys.stdout.flush()
 
 
-_parse_gold = lru_cache(maxsize=65536)(_parse_boxed)  # a problem's gold is parsed once
+class _Worker:
+    def __init__(self):
+        import os
+        import subprocess
+        import sys
+
+        root = str(Path(__file__).resolve().parents[2])  # where the creditbench package is
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # math-verify logs its timeouts
+            env=env,
+            start_new_session=True,  # a terminal's ^C reaches the caller, which ends it
+        )
+        self.buffer = b""
+
+    def ask(self, request: dict, deadline: float) -> dict | None:
+        """The worker's answer, or ``None`` (worker killed) when it overran ``deadline``."""
+        import os
+        import select
+        import time
+
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            self.kill()
+            return None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.kill()
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:  # the worker died (memory, a signal)
+                self.kill()
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                f.close()
 
 
-def answers_match(gold: str, predicted: str) -> bool:
-    """math-verify's equivalence of two answers (LaTeX or plain); never raises."""
+_idle: list[_Worker] = []
+_idle_lock = threading.Lock()
+
+
+@atexit.register
+def _end_workers() -> None:
+    with _idle_lock:
+        workers, _idle[:] = list(_idle), []
+    for w in workers:
+        w.kill()
+
+
+def verify_answers(gold: str, predicted: str, deadline_s: float | None = None) -> tuple[bool, bool]:
+    """``(parsed, equal)``: whether both answers parse, and whether math-verify finds them
+    equal, within ``deadline_s`` (default ``VERIFY_DEADLINE_S``) of wall clock in any
+    thread; an overrun is ``(False, False)``. Never raises."""
+    import time
+
+    deadline = time.monotonic() + (VERIFY_DEADLINE_S if deadline_s is None else deadline_s)
+    with _idle_lock:
+        worker = _idle.pop() if _idle else None
     try:
-        from math_verify import verify
+        if worker is None:
+            worker = _Worker()
+    except OSError:
+        return False, False
+    answer = worker.ask(
+        {"gold": gold, "predicted": predicted, "timeout": VERIFY_TIMEOUT_S}, deadline
+    )
+    if answer is None:
+        return False, False
+    with _idle_lock:
+        if len(_idle) < _MAX_IDLE_WORKERS:
+            _idle.append(worker)
+            worker = None
+    if worker is not None:
+        worker.kill()
+    return bool(answer.get("parsed")), bool(answer.get("equal"))
 
-        gold_parsed, pred_parsed = _parse_gold(gold), _parse_boxed(predicted)
-        if not gold_parsed or not pred_parsed:
-            return False
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
-    except Exception:  # malformed output of any kind is a wrong answer
-        return False
+
+def answers_match(gold: str, predicted: str, deadline_s: float | None = None) -> bool:
+    """math-verify's equivalence of two answers (LaTeX or plain), bounded by the wall clock
+    in every thread (``verify_answers``); never raises."""
+    return verify_answers(gold, predicted, deadline_s)[1]
 
 
 # --------------------------------------------------------------- segmenters
@@ -231,6 +351,18 @@ class MathTask(SourcedSplits):
         self.data_dir = Path(data_dir) if data_dir is not None else None
         # the thought stop pattern (SRPO); None: thoughts are found in text afterwards
         self.thought_stop = cfg.stop_pattern if cfg.segmenter == "stop" else None
+        # generated thought by thought where a thought ends with a stop pattern (SRPO)
+        self.thought_rules = (
+            ThoughtRules(
+                delimiter=cfg.stop_pattern,
+                max_thought_tokens=cfg.max_thought_tokens,
+                max_thoughts=cfg.max_thoughts,
+                answer_marker=cfg.answer_marker,
+            )
+            if self.thought_stop
+            else None
+        )
+        self.stop_strings = list(cfg.stop_strings)  # end every rollout (VinePPO)
         self.system_prompt = cfg.system_prompt
         # the local evaluation suite (engine sampler backend) on the test split
         self.suites = {cfg.suite: "test"}
