@@ -342,6 +342,12 @@ class WarmStartConfig(Strict):
     wrong thought (the task's ``corrupt``), as demonstrations from an imperfect teacher
     do. The policy then slips at a controlled rate that outcome RL can learn to avoid,
     and the step oracle knows where each slip is. 0 imitates only correct solutions.
+
+    ``demo_repair_rate``: the share of those erroneous demonstrations whose slip the next
+    thought repairs (``~`` and the step redone, the task's ``repaired``; the slip is then
+    on a step line, never the answer line), so that the policy learns to notice and repair
+    some of its own slips and an erroneous prefix can still succeed. 0: slips are never
+    repaired.
     """
 
     steps: NonNegInt = 720
@@ -349,6 +355,7 @@ class WarmStartConfig(Strict):
     skills: list[Literal["localisation", "revision"]] = ["localisation", "revision"]
     replay_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     demo_error_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    demo_repair_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 2e-3
     warmup_steps: NonNegInt = 50

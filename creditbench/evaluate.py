@@ -68,8 +68,10 @@ def evaluate_localisation(
     sampling: SamplingConfig,
     seed: int = 0,
     own_samples: int = 4,
+    recovery_samples: int = 2,
 ) -> dict:
-    """How well the policy names the first wrong thought, greedily.
+    """How well the policy names the first wrong thought, greedily, and how often it
+    recovers from a prefix of a failed chain (``_recovery``; 0 samples: not measured).
 
     ``corrupted``: on traces with one planted error (the warm-start distribution);
     ``own``: on the policy's own failed completions, judged by the step oracle.
@@ -108,4 +110,53 @@ def evaluate_localisation(
             result[f"{name}_accuracy"] = hits / len(items)
             result[f"{name}_chance"] = chance / len(items)
             result[f"{name}_n"] = len(items)
+        if recovery_samples:
+            result.update(_recovery(sampler, task, own, sampling, rng, recovery_samples, "own"))
+            result.update(
+                _recovery(sampler, task, corrupted, sampling, rng, recovery_samples, "corrupted")
+            )
     return result
+
+
+def _recovery(sampler, task, items, sampling, rng, samples: int, name: str) -> dict:
+    """Success rate of continuations from prefixes of failed chains, by kind of prefix.
+
+    For a failed chain with first wrong thought ``e`` (a thought it holds) and a reset
+    thought ``h`` (the prefix is thoughts ``1 .. h-1``, as SRPO resets): ``clean``, ``h``
+    uniform in ``[1, e]``; ``erroneous``, ``h`` uniform in ``[e+1, n]`` (the prefix holds
+    the wrong thought); ``after_slip``, ``h = e + 1`` (the prefix ends with it, so the next
+    thought may repair it). ``samples`` continuations per prefix at the sampling
+    temperature; one cut by the budget scores 0.
+    """
+    states = {"clean": [], "erroneous": [], "after_slip": []}
+    for p, text, e in items:
+        thoughts = task.segment(text)
+        n = len(thoughts)
+        if e > n:  # the first wrong thought is a missing one: no erroneous prefix
+            continue
+        states["clean"].append((p, thoughts[: rng.randint(1, e) - 1]))
+        if e < n:  # the answer line cannot be repaired: an erroneous prefix ends before it
+            states["erroneous"].append((p, thoughts[: rng.randint(e + 1, n) - 1]))
+            states["after_slip"].append((p, thoughts[:e]))
+    out = {}
+    for kind, chosen in states.items():
+        key = f"{name}_recovery_{kind}"
+        if not chosen:
+            out[key], out[f"{key}_n"] = None, 0
+            continue
+        prefixes = ["".join(t) for _, t in chosen]
+        pre_ids = [sampler.tokenizer(x, add_special_tokens=False)["input_ids"] for x in prefixes]
+        contexts = [
+            sampler.encode_prompt(p.prompt) + ids
+            for (p, _), ids in zip(chosen, pre_ids, strict=True)
+        ]
+        budgets = [max(sampling.max_new_tokens - len(ids), 1) for ids in pre_ids]
+        gens = sampler.generate(contexts, purpose="eval", max_new_tokens=budgets, n=samples)
+        wins = [
+            0.0
+            if g.stop == "length"
+            else task.reward(chosen[i // samples][0], prefixes[i // samples] + g.text)
+            for i, g in enumerate(gens)
+        ]
+        out[key], out[f"{key}_n"] = sum(wins) / len(wins), len(chosen)
+    return out

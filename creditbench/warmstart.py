@@ -90,7 +90,10 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
     def solving_pair():
         p = rng.choice(train)
         if ws.demo_error_rate and rng.random() < ws.demo_error_rate:
-            target = task.corrupt(p, rng)[0]  # an imperfect demonstration
+            if ws.demo_repair_rate and rng.random() < ws.demo_repair_rate:
+                target = task.repaired(p, rng)[0]  # a slip that the next thought repairs
+            else:
+                target = task.corrupt(p, rng)[0]  # an imperfect demonstration
         else:
             target = task.solution(p)
         return encode_prompt(p.prompt), encode(target) + eos

@@ -270,9 +270,16 @@ def test_parse_localisation_clamps_to_thoughts(text, n, expected):
 def test_localisation_prompt_and_target_format(p7):
     t = task()
     failed = "7+5=13\n13*3=39\n39-4=35\nA:35\n"
-    assert t.localisation_prompt(p7, failed) == "7+5*3-4\n" + failed + "?"
-    assert t.localisation_prompt(p7, "7+5=13") == "7+5*3-4\n7+5=13\n?"
+    numbered = "1|7+5=13\n2|13*3=39\n3|39-4=35\n4|A:35\n"
+    assert t.localisation_prompt(p7, failed) == "7+5*3-4\n" + numbered + "?"
+    assert t.localisation_prompt(p7, "7+5=13") == "7+5*3-4\n1|7+5=13\n?"
     assert t.localisation_prompt(p7, "") == "7+5*3-4\n?"
+    # a repair thought is numbered like any other; the target is the repaired slip
+    text = "7+5=12\n12*3=35\n~12*3=36\n36-4=31\nA:31\n"
+    assert t.localisation_prompt(p7, text) == (
+        "7+5*3-4\n1|7+5=12\n2|12*3=35\n3|~12*3=36\n4|36-4=31\n5|A:31\n?"
+    )
+    assert t.localisation_target(t.first_error(p7, text)) == "2\n"
     assert t.localisation_target(3) == "3\n"
     assert t.parse_localisation(t.localisation_target(3), 4) == Localisation(3, True)
 
@@ -339,3 +346,98 @@ def test_corrupt_terminates_when_every_upstream_error_cancels():
         text, k = task.corrupt(problem, rng)
         assert task.reward(problem, text) == 0.0
         assert task.first_error(problem, text) == k
+
+
+# -------------------------------------------------------------------- repairs
+REPAIRED_7 = "7+5=12\n12*3=35\n~12*3=36\n36-4=32\nA:32\n"  # slip at 2, repaired by 3
+
+
+@pytest.mark.parametrize(
+    ("completion", "first_wrong", "unrepaired", "repairs", "reward"),
+    [
+        (SOLUTION_7, None, None, 0, 1.0),
+        (REPAIRED_7, 2, None, 1, 1.0),  # a repaired slip: still the first wrong thought
+        (REPAIRED_7.rstrip("\n"), 2, None, 1, 1.0),
+        ("7+5=12\n12*4=48\n~12*3=36\n36-4=32\nA:32\n", 2, None, 1, 1.0),  # a copy error
+        ("7+5=13\n~7+5=12\n12*3=35\n~12*3=36\n36-4=32\nA:32\n", 1, None, 2, 1.0),
+        ("7+5=12\n12*3=36\n36-4=31\n~36-4=32\nA:32\n", 3, None, 1, 1.0),  # the last step
+        # a wrong repair: the redo is itself wrong
+        ("7+5=12\n12*3=35\n~12*3=37\n37-4=33\nA:33\n", 2, 2, 0, 0.0),
+        # a repair whose arithmetic is right but not of the step (wrong operand copied)
+        ("7+5=12\n12*3=35\n~12*4=48\n36-4=32\nA:32\n", 2, 2, 0, 0.0),
+        # a repair of a right line is a wrong thought, even with the right answer after it
+        ("7+5=12\n~7+5=12\n12*3=36\n36-4=32\nA:32\n", 2, 2, 0, 0.0),
+        # too late: the slip at 2 was carried into 3 before the repair
+        ("7+5=12\n12*3=35\n35-4=31\n~36-4=32\nA:32\n", 2, 2, 1, 0.0),
+        # a repair of a repair, of the answer line, as the first thought
+        ("7+5=12\n12*3=35\n~12*3=36\n~12*3=36\n36-4=32\nA:32\n", 2, 4, 1, 0.0),
+        ("7+5=12\n12*3=36\n36-4=32\nA:31\n~A:32\n", 4, 4, 0, 0.0),
+        ("~7+5=12\n12*3=36\n36-4=32\nA:32\n", 1, 1, 0, 0.0),
+        # an early answer line cannot be repaired into a step
+        ("7+5=12\nA:32\n~12*3=36\n36-4=32\nA:32\n", 2, 2, 0, 0.0),
+        # repaired, then a later unrepaired slip: the localisation target is the first slip
+        ("7+5=12\n12*3=35\n~12*3=36\n36-4=31\nA:31\n", 2, 4, 1, 0.0),
+        # repaired, then stopped early: the missing line is unrepaired
+        ("7+5=12\n12*3=35\n~12*3=36\n", 2, 4, 1, 0.0),
+    ],
+)
+def test_repairs_under_the_oracle_and_the_verifier(
+    p7, completion, first_wrong, unrepaired, repairs, reward
+):
+    t = task()
+    reading = t.read(p7, completion)
+    assert reading.first_wrong == first_wrong == t.first_error(p7, completion)
+    assert reading.unrepaired == unrepaired
+    assert reading.repairs == repairs
+    assert reading.repair_thoughts == completion.count("~")
+    assert t.reward(p7, completion) == reward
+
+
+def test_blind_repair_of_every_line_scores_zero():
+    """Writing every step and then "repairing" it (a free second try) is never rewarded."""
+    t = task(min_len=2, max_len=6)
+    for seed in range(300):
+        rng = random.Random(seed)
+        p = t.make_problem(rng, rng.randint(2, 6), f"p{seed}")
+        steps = t.solution_lines(p)
+        blind = "".join(line + "~" + line for line in steps[:-1]) + steps[-1]
+        assert t.reward(p, blind) == 0.0
+        assert t.read(p, blind).first_wrong == 2  # the first repair of a right line
+        # a slip then a blind repair of every later (right) line fails as well
+        text, k = t.repaired(p, rng)
+        lines = t.segment(text)
+        tail = "".join(ln + "~" + ln for ln in lines[k + 1 : -1])
+        if tail:
+            assert t.reward(p, "".join(lines[: k + 1]) + tail + lines[-1]) == 0.0
+
+
+def test_repaired_demonstrations_parse_back_with_the_oracle():
+    t = task(min_len=2, max_len=6)
+    slips = []
+    for seed in range(1500):
+        rng = random.Random(seed)
+        p = t.make_problem(rng, rng.randint(2, 6), f"p{seed}")
+        text, k = t.repaired(p, rng)
+        reading = t.read(p, text)
+        assert reading == type(reading)(k, None, 1, 1), (p, text, k)
+        assert t.first_error(p, text) == k
+        assert t.reward(p, text) == 1.0
+        assert set(text) <= set(t.alphabet)
+        lines = t.segment(text)
+        assert lines[k] == "~" + t.solution_lines(p)[k - 1]  # the repair follows the slip
+        assert lines[k - 1] != t.solution_lines(p)[k - 1]
+        # without its repair line the demonstration is a failed trace: slip at k
+        cut = "".join(lines[:k] + lines[k + 1 :])
+        assert t.first_error(p, cut) == k
+        slips.append(k / p.meta["length"])
+    assert min(slips) < 0.3 and max(slips) == 1.0  # early and last-step slips both occur
+
+
+def test_repair_mark_is_in_the_tokenizer_vocabulary():
+    from creditbench.model import build_char_tokenizer
+
+    tok = build_char_tokenizer(ChainsTask.alphabet)
+    ids = tok(REPAIRED_7, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert len(ids) == len(REPAIRED_7)
+    assert tok.decode(ids) == REPAIRED_7

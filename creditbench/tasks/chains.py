@@ -8,10 +8,34 @@ A problem is a start value and a chain of operations, read left to right, modulo
 
 Every line of the solution is one thought and can be checked on its own, so the
 first wrong thought of any completion is known (the step oracle). The
-self-localisation prompt appends a (failed) completion and a ``?``; the expected
-answer is the 1-based index of its first wrong thought. The revision prompt
+self-localisation prompt appends a (failed) completion, its thoughts numbered
+(``1|7+5=12``), and a ``?``; the expected answer is the 1-based index of its first wrong
+thought. The revision prompt
 (compare-and-correct, for IBPO) appends a failed completion, ``#``, a reference
 completion and ``!``; the expected answer is a corrected solution.
+
+Repairs. A later thought may notice and repair a slip: a *repair thought* is ``~``
+followed by a correct redo of the step line just before it, and the chain continues
+from the repaired value::
+
+    solution    7+5=12\n12*3=35\n~12*3=36\n36-4=32\nA:32\n
+
+The step oracle reads a completion line by line against the reference solution
+(``read``). A step line is right iff it equals the reference line of its step. A repair
+thought is right iff the thought before it is a *wrong* step line and the repair is the
+reference line of that step; it then replaces that line. Anything else is a wrong
+thought: a repair of a right line (so "repair every line blindly" fails), a wrong
+repair, a repair of a repair or of the answer line, a repair as the first thought.
+
+- ``first_error`` is the first wrong thought, repaired or not: a repaired slip is still
+  the first wrong thought (SRPO's localisation target; what the policy should have
+  written differently), while ``read(...).unrepaired`` is the first wrong thought that
+  no repair fixed.
+- ``reward`` checks the outcome (one well-formed final ``A:<n>`` line with the right
+  value); a completion with a repair thought must also be right under the oracle's
+  reading: every repair valid and every line no repair replaced equal to the reference.
+  So a chain through repairs earns its reward only by computing every step right, the
+  repairs included; one without repairs is judged by its outcome, as before.
 """
 
 from __future__ import annotations
@@ -23,8 +47,11 @@ from pathlib import Path
 
 from creditbench.config import ChainsTaskConfig
 from creditbench.tasks import Problem, SourcedSplits
+from creditbench.thoughts import ThoughtRules
 
-ALPHABET = "0123456789+-*=\nA:?#!"
+REPAIR = "~"  # a repair thought: "~" + the redone step line
+NUMBER = "|"  # localisation prompts number the thoughts: "2|12*3=35\n"
+ALPHABET = "0123456789+-*=\nA:?#!" + REPAIR + NUMBER
 ANSWER_RE = re.compile(r"A:(0|[1-9][0-9]*)")
 LOCALISE_RE = re.compile(r"\s*([0-9]+)")
 THOUGHT_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay inside a thought
@@ -47,6 +74,22 @@ class Localisation:
     parsed: bool
 
 
+@dataclass(frozen=True)
+class Reading:
+    """The step oracle's reading of a completion (1-based thought indices, None: none).
+
+    ``first_wrong``: the first wrong thought, a repaired slip included (``first_error``);
+    ``unrepaired``: the first wrong thought that no repair fixed (None: the completion is
+    the reference solution once its repairs are applied); ``repairs``: valid repairs;
+    ``repair_thoughts``: thoughts that start with the repair mark.
+    """
+
+    first_wrong: int | None
+    unrepaired: int | None
+    repairs: int
+    repair_thoughts: int
+
+
 def extract_answer(completion: str) -> str | None:
     """The final answer if the completion ends in exactly one well-formed answer line."""
     lines = [ln for ln in completion.split("\n") if ln != ""]
@@ -56,6 +99,74 @@ def extract_answer(completion: str) -> str | None:
     return match.group(1) if match else None
 
 
+def reference_lines(problem: Problem) -> list[str]:
+    """The reference solution's thoughts: one line per step, then the answer line."""
+    m = problem.meta
+    v = m["values"]
+    lines = [f"{v[k]}{m['ops'][k]}{m['operands'][k]}={v[k + 1]}\n" for k in range(m["length"])]
+    return lines + [f"A:{v[-1]}\n"]
+
+
+def verify(problem: Problem, completion: str) -> float:
+    """1 for the right final answer; with a repair thought, only if the oracle's reading
+    of the whole completion is right too (see the module docstring). Needs only the
+    problem record (its ``meta``), so an evaluation harness can call it on a data row."""
+    answer = extract_answer(completion)
+    if answer is None or answer != problem.answer:
+        return 0.0
+    if REPAIR in completion:
+        return float(read_completion(problem, completion).unrepaired is None)
+    return 1.0
+
+
+def read_completion(problem: Problem, completion: str) -> Reading:
+    """The step oracle's reading of ``completion`` against the reference solution.
+
+    Step lines are matched to the reference in order; a valid repair replaces the
+    step line before it (which must be wrong) by that step's reference line. A
+    missing thought (the completion stopped early) is wrong at its position, and so is
+    a thought after the answer line. A trailing unterminated line counts as if it
+    ended with a newline.
+    """
+    expected = reference_lines(problem)
+    thoughts = THOUGHT_RE.findall(completion)
+    first = unrepaired = None
+    pending = None  # the step of the wrong step line just before, which a repair may fix
+    j = repairs = marks = 0  # j: the next reference line
+    for i, got in enumerate(thoughts, start=1):
+        if not got.endswith("\n"):
+            got += "\n"
+        is_repair = got.startswith(REPAIR)
+        if pending is not None and not is_repair:  # the chance to repair it has passed
+            unrepaired = unrepaired or i - 1
+            pending = None
+        if is_repair:
+            marks += 1
+            if pending is not None and got[len(REPAIR) :] == expected[pending]:
+                repairs += 1
+                pending = None
+                continue
+            first = first or i  # a repair of a right line, of nothing, or a wrong one
+            unrepaired = unrepaired or (i - 1 if pending is not None else i)
+            pending = None
+            continue
+        if j < len(expected) and got == expected[j]:
+            j += 1
+            continue
+        first = first or i
+        if j < len(expected) - 1 and not got.startswith("A:"):
+            pending = j  # a wrong step line: the next thought may repair it
+        else:
+            unrepaired = unrepaired or i  # a wrong answer line, or one after it
+        j += 1
+    if pending is not None:
+        unrepaired = unrepaired or len(thoughts)
+    if j < len(expected):  # stopped early: the missing line is wrong
+        first = first or len(thoughts) + 1
+        unrepaired = unrepaired or len(thoughts) + 1
+    return Reading(first, unrepaired, repairs, marks)
+
+
 class ChainsTask(SourcedSplits):
     """The testbed: its splits are generated (deterministic per ``data_seed``)."""
 
@@ -63,6 +174,9 @@ class ChainsTask(SourcedSplits):
     name = "chains"
     alphabet = ALPHABET
     thought_stop = "\n"  # a thought is one line, newline included
+    # generated thought by thought: the chain ends after the answer line (as SRPO's loop
+    # ends after the thought with \boxed{}); the response length bounds the rest
+    thought_rules = ThoughtRules(delimiter="\n", answer_marker="A:")
     # lm-eval suites (experiments/tasks/chains/) backed by this task's local splits
     suites = {"chains_test": "test", "chains_test_long": "test_long"}
 
@@ -119,13 +233,23 @@ class ChainsTask(SourcedSplits):
 
     # -------------------------------------------------------------- solutions
     def solution_lines(self, problem: Problem) -> list[str]:
-        m = problem.meta
-        v = m["values"]
-        lines = [f"{v[k]}{m['ops'][k]}{m['operands'][k]}={v[k + 1]}\n" for k in range(m["length"])]
-        return lines + [f"A:{v[-1]}\n"]
+        return reference_lines(problem)
 
     def solution(self, problem: Problem) -> str:
         return "".join(self.solution_lines(problem))
+
+    def repaired(self, problem: Problem, rng: random.Random) -> tuple[str, int]:
+        """A right solution with one slip that the next thought repairs: ``(text, slip)``.
+
+        The slip (a wrong result or a wrong copied operand, as in ``corrupt``) is at a
+        uniformly drawn step line (the answer line cannot be repaired); the repair thought
+        redoes that step correctly and the chain continues from the right value.
+        """
+        n = problem.meta["length"]
+        k = rng.randint(1, n)
+        lines = self.solution_lines(problem)
+        slip = self._corrupt_at(problem, k, rng).split("\n")[k - 1] + "\n"
+        return "".join(lines[: k - 1] + [slip, REPAIR + lines[k - 1]] + lines[k:]), k
 
     def corrupt(self, problem: Problem, rng: random.Random, max_tries: int = 20) -> tuple[str, int]:
         """A failed trace whose first wrong thought is known: ``(text, first_wrong)``.
@@ -174,30 +298,34 @@ class ChainsTask(SourcedSplits):
         return THOUGHT_RE.findall(completion)
 
     def reward(self, problem: Problem, completion: str) -> float:
-        answer = extract_answer(completion)
-        return float(answer is not None and answer == problem.answer)
+        """The verifier (``verify``)."""
+        return verify(problem, completion)
+
+    def read(self, problem: Problem, completion: str) -> Reading:
+        """The step oracle's reading of ``completion`` (``read_completion``)."""
+        return read_completion(problem, completion)
 
     def first_error(self, problem: Problem, completion: str) -> int | None:
         """The step oracle: 1-based index of the first wrong thought, ``None`` if all are right.
 
-        A missing thought (the completion stopped early) counts as wrong at its position.
+        A slip that a later thought repaired is still the first wrong thought (the reward
+        of such a chain can be 1: ``read(...).unrepaired`` is None). A missing thought (the
+        completion stopped early) counts as wrong at its position.
         """
-        expected = self.solution_lines(problem)
-        thoughts = self.segment(completion)
-        for i, exp in enumerate(expected):
-            if i >= len(thoughts):
-                return i + 1
-            got = thoughts[i]
-            last = i == len(thoughts) - 1
-            if got != exp and not (last and got == exp.rstrip("\n")):
-                return i + 1
-        return len(expected) + 1 if len(thoughts) > len(expected) else None
+        return self.read(problem, completion).first_wrong
 
     # --------------------------------------------------------- localisation
     def localisation_prompt(self, problem: Problem, completion: str) -> str:
-        if completion and not completion.endswith("\n"):
-            completion += "\n"
-        return problem.prompt + completion + "?"
+        """The problem, the completion's thoughts numbered (``2|12*3=35``), then ``?``.
+
+        The numbers spare the model counting lines: naming the first wrong thought is
+        then finding it and copying its number.
+        """
+        thoughts = self.segment(completion)
+        if thoughts and not thoughts[-1].endswith("\n"):
+            thoughts[-1] += "\n"
+        numbered = "".join(f"{i}{NUMBER}{t}" for i, t in enumerate(thoughts, start=1))
+        return problem.prompt + numbered + "?"
 
     def localisation_target(self, first_wrong: int) -> str:
         return f"{first_wrong}\n"
