@@ -13,6 +13,7 @@ engine defaults < the method's paper defaults (``DEFAULTS`` in its file)
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -589,7 +590,8 @@ def _deep_merge(*layers: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_errors(err: ValidationError, prefix: str) -> str:
+def _format_errors(err: ValidationError, prefix: str, model: type[BaseModel] | None = None) -> str:
+    """One line per problem: the key path, what is wrong, what is allowed."""
     lines = []
     for e in err.errors():
         parts = [str(p) for p in (prefix, *e["loc"]) if p != ""]
@@ -599,18 +601,61 @@ def _format_errors(err: ValidationError, prefix: str) -> str:
         ]
         loc = ".".join(parts)
         msg = e["msg"]
+        got = f" (got {_short(e['input'])})" if e["type"] != "missing" and "input" in e else ""
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling)"
-        got = f" (got {e['input']!r})" if e["type"] != "missing" and "input" in e else ""
+            allowed = _allowed_keys(model, e["loc"]) if model is not None else []
+            msg, got = "unknown key", ""
+            close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+            if allowed:
+                msg += f" (allowed: {', '.join(allowed)})"
         lines.append(f"{loc}: {msg}{got}")
-    return "; ".join(lines)
+    return "\n".join(lines)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the section holding ``loc``'s last key allows (``[]`` where unknown)."""
+    current: Any = model
+    path = list(loc[:-1])
+    while path:
+        part = path.pop(0)
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        members = _models_in(field.annotation)
+        if len(members) > 1 and path:  # a tagged union: the tag is the next part
+            tag = path.pop(0)
+            members = [
+                m for m in members if getattr(m.model_fields.get("name"), "default", None) == tag
+            ]
+        if len(members) != 1:
+            return []
+        current = members[0]
+    return sorted(current.model_fields)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out += _models_in(arg)
+    return out
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, prefix)) from None
+        raise ConfigError(_format_errors(e, prefix, model)) from None
 
 
 class _Loader(yaml.SafeLoader):
@@ -650,9 +695,40 @@ def experiment_from_dict(
         for key, model in _SECTIONS.items():  # shared sections must be valid on their own
             _validate(model, getattr(cfg, key), key)
         cfg.all_runs()
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        _check_suites(cfg)
+    except ConfigError as e:  # one line per problem, each naming the file
+        raise ConfigError("\n".join(f"{source}: {line}" for line in str(e).splitlines())) from None
     return cfg
+
+
+def _check_suites(cfg: ExperimentConfig) -> None:
+    """Every ``eval.suites`` entry names a suite that exists: one of the task's own local
+    suites, a suite under ``experiments/tasks/``, or one of lm-eval's tasks."""
+    if not cfg.eval.suites:
+        return
+    from creditbench.lmeval import lm_eval_task_names, suite_names
+    from creditbench.tasks import make_task
+
+    ours = sorted({*make_task(cfg.task).suites, *suite_names()})
+    unknown = [s for s in cfg.eval.suites if s not in ours]
+    if unknown:
+        builtin = lm_eval_task_names()
+        unknown = [s for s in unknown if s not in builtin]
+    if unknown:  # lm-eval builds some task names in code: its own index has the last word
+        from lm_eval.tasks import TaskManager
+
+        every = set(TaskManager().all_tasks)
+        unknown = [s for s in unknown if s not in every]
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, ours, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            f"eval.suites: unknown suite {name!r}{hint} (suites: {', '.join(ours)}; "
+            "or any lm-eval task)"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def json_schema() -> dict[str, Any]:

@@ -72,6 +72,43 @@ def with_local_data(cfg: dict, data_file: str | Path) -> dict:
     return cfg
 
 
+_NAME_LINE = re.compile(r"^(?:task|group|tag):[ \t]*['\"]?([\w.-]+)['\"]?[ \t]*(?:#.*)?$", re.M)
+_TAG_ITEM = re.compile(r"^tag:[ \t]*\n((?:[ \t]*-[ \t]*[\w.-]+[ \t]*\n)+)", re.M)
+
+
+def _yaml_names(directory: Path) -> set[str]:
+    """The task, group and tag names the YAML files under ``directory`` define, read from
+    their top-level lines (no lm-eval import, which takes seconds)."""
+    names: set[str] = set()
+    for path in directory.rglob("*"):
+        if not (path.is_file() and (path.suffix in (".yaml", ".yml") or "yaml" in path.name)):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        names.update(_NAME_LINE.findall(text))
+        for block in _TAG_ITEM.findall(text):
+            names.update(re.findall(r"-[ \t]*([\w.-]+)", block))
+    return names
+
+
+def suite_names(tasks_dir: str | Path = TASKS_DIR) -> list[str]:
+    """The evaluation suites (tasks and groups) of ``tasks_dir``, as ``TaskManager`` over
+    it would list them."""
+    return sorted(_yaml_names(Path(tasks_dir)))
+
+
+def lm_eval_task_names() -> set[str]:
+    """The names of lm-eval's own tasks, groups and tags (its installed YAML files)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        return set()
+    return _yaml_names(Path(spec.origin).parent / "tasks")
+
+
 def suite_spec(task_manager, suite: str, data_file: DataFiles | None) -> str | dict:
     """A registered suite by name, or its full config with local data substituted.
 

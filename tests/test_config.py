@@ -333,3 +333,35 @@ def test_the_committed_json_schema_is_the_config_models_schema():
 
     committed = json.loads((ROOT / "experiments" / "schema" / "config.schema.json").read_text())
     assert committed == json_schema(), "regenerate: creditbench schema > experiments/schema/..."
+
+
+# ------------------------------------------------------------ clear config errors
+def test_a_misspelt_key_is_one_line_naming_the_key_and_the_right_one(tmp_path):
+    path = write(tmp_path, VALID + "seedz: [0, 1]\n")
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    (line,) = str(e.value).splitlines()  # one problem, one line, no schema
+    assert line.startswith(f"{path}: seedz: unknown key; did you mean 'seeds'?")
+    assert "allowed: diagnostics, eval, experiment" in line
+    path = write(tmp_path, VALID + "seedz: [0]\nlanch: {num_processes: 1}\n", "two.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    lines = str(e.value).splitlines()  # two problems, two lines
+    assert len(lines) == 2
+    assert any("lanch: unknown key; did you mean 'launch'?" in x for x in lines)
+    assert any("seedz: unknown key; did you mean 'seeds'?" in x for x in lines)
+
+
+def test_an_unknown_evaluation_suite_is_rejected_naming_the_suites(tmp_path):
+    path = write(tmp_path, VALID + "eval: {suites: [nonexistent_suite, chains_tset]}\n")
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}: eval.suites: unknown suite 'nonexistent_suite' (suites: ")
+    assert "did you mean 'chains_test'?" in lines[1]
+    for suite in ("cb_gsm8k", "cb_humaneval", "cb_math", "chains_test", "chains_test_long"):
+        assert suite in lines[0]
+    # ours, the task's own and lm-eval's tasks are suites
+    ok = write(tmp_path, VALID + "eval: {suites: [chains_test_long, cb_mbpp, gsm8k]}\n", "ok.yaml")
+    assert load_experiment(ok).eval.suites == ["chains_test_long", "cb_mbpp", "gsm8k"]

@@ -188,6 +188,21 @@ def test_a_typo_in_the_config_is_rejected_naming_the_key(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     proc = snakemake("-n", "--configfile", str(path), cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "trian" in proc.stdout + proc.stderr
+    # one line for the problem, not Snakemake's dump of the whole schema after it
+    out = (proc.stdout + proc.stderr).splitlines()
+    assert len(out) <= 6, "\n".join(out)
+    assert any("trian: unknown key; did you mean 'train'?" in line for line in out)
+
+
+def test_an_unknown_evaluation_suite_fails_the_dry_run(tmp_path):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg.setdefault("eval", {})["suites"] = ["nonexistent_suite"]
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(path), cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "eval.suites: unknown suite 'nonexistent_suite'" in out and "cb_gsm8k" in out
 
 
 @pytest.mark.parametrize("profile", ["local-cpu", "local-gpu"])

@@ -18,11 +18,13 @@ if workflow.overwrite_configfiles:
     config.clear()
     config.update(workflow.config_settings.overwrite_config)
 
-validate(config, schema="../schema/config.schema.json", set_default=False)
+# the typed config first: one line per problem (Snakemake's validate would print the whole
+# schema after its message); the schema check after it then passes on a valid config
 try:
     EXP = experiment_from_dict(dict(config), source="config")
 except ConfigError as e:
-    raise WorkflowError(f"invalid config: {e}")
+    raise WorkflowError(f"invalid config:\n{e}")
+validate(config, schema="../schema/config.schema.json", set_default=False)
 
 R = f"results/{EXP.experiment}"
 RUNS = list(EXP.runs)
