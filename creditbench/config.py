@@ -396,20 +396,35 @@ class TrainConfig(Strict):
 
 # -------------------------------------------------------------------------- loss
 class LossConfig(Strict):
-    """One policy-gradient loss for every method.
+    """One policy-gradient loss for every method (``creditbench/loss.py`` has the formulas).
 
-    clip=False: REINFORCE-style ``-A * log pi`` (SRPO's default, no ratio).
     clip=True: PPO surrogate on ``pi/pi_old`` clipped to [1-epsilon, 1+epsilon_high].
+    clip=False: ``unclipped_objective`` says what is maximised: ``ratio`` (default)
+    = ``-A * log pi`` on the first pass over a batch and ``-A * pi/pi_old`` (no clip) on
+    later minibatches and epochs, where the engine has behaviour log-probs; ``logprob``
+    = ``-A * log pi`` in every minibatch and epoch (REINFORCE; SRPO's code), which never
+    uses behaviour log-probs (same gradient as ``ratio`` where pi = pi_old).
     aggregation: ``grpo`` = per-sequence token mean then batch mean;
     ``dapo`` = global token mean over the batch.
+    KL (``beta`` > 0, the k3 estimator to the reference model): ``kl_clamp`` clamps each
+    token's k3 to ``[0, kl_clamp]`` (null: no clamp; VinePPO's code: 10);
+    ``kl_reduction``: ``token_mean`` adds ``beta * k3`` to every token's loss, reduced
+    with the policy term by ``aggregation`` (TRL, DeepSeekMath); ``sequence_sum`` adds
+    ``beta * mean over sequences of (sum over the sequence's tokens of k3)``, whatever
+    the aggregation (VinePPO's code, ``PPOTrainer._compute_actor_loss``).
+    ``kl_ratio_correction``: weight the k3 KL by the ratio pi/pi_old (TRL 1.16's
+    ``use_bias_correction_kl``, which TRL turns on by default; off here, as in
+    DeepSeekMath and VinePPO).
     """
 
     clip: bool = True
     epsilon: Annotated[float, Field(gt=0, lt=1)] = 0.2
     epsilon_high: PositiveFloat | None = None
+    unclipped_objective: Literal["ratio", "logprob"] = "ratio"
     beta: Annotated[float, Field(ge=0)] = 0.0
-    # TRL 1.16's use_bias_correction_kl: weight the k3 KL by the ratio pi/pi_old
     kl_ratio_correction: bool = False
+    kl_reduction: Literal["token_mean", "sequence_sum"] = "token_mean"
+    kl_clamp: PositiveFloat | None = None
     aggregation: Literal["grpo", "dapo"] = "grpo"
 
 

@@ -83,6 +83,9 @@ class MethodContext:
     ledger: Ledger
     run: object  # RunConfig
     seed: int = 0
+    # reductions over the data-parallel processes (``creditbench.distributed.Collective``);
+    # None: one process. A method that pools statistics over the step's batch uses it.
+    collective: object | None = None
 
     def step_rng(self, step: int, name: str) -> random.Random:
         """A private RNG for a method's own choices at ``step``: reproducible on resume,

@@ -52,7 +52,7 @@ from creditbench.distributed import (
 )
 from creditbench.evaluate import evaluate_accuracy
 from creditbench.ledger import Ledger
-from creditbench.loss import batch_loss, completion_logprobs
+from creditbench.loss import batch_loss, completion_logprobs, needs_old_logprobs
 from creditbench.methods import MethodContext, load_method
 from creditbench.model import load_policy, load_tokenizer, save_policy
 from creditbench.rollouts import Batch
@@ -189,7 +189,14 @@ class Trainer:
         module = load_method(run.method, methods_dir)
         # a method's private per-step RNGs (step_rng) differ between processes too
         self.ctx = MethodContext(
-            self.model, self.tokenizer, self.sampler, self.task, self.ledger, run, seed + self.rank
+            self.model,
+            self.tokenizer,
+            self.sampler,
+            self.task,
+            self.ledger,
+            run,
+            seed + self.rank,
+            collective=self.dist,  # cross-process statistics (VinePPO's whitening)
         )
         self.method = module.Method(module.Params(**run.params), self.ctx)
         # not ``accelerator.prepare``d: an AcceleratedScheduler steps once per process,
@@ -363,7 +370,9 @@ class Trainer:
                         self.ref_model or scorer, batch, temperature
                     )
                 self.ledger.add_tokens("reference", forwarded=tokens)
-            if n_updates > 1:  # several passes: the ratio needs the behaviour policy's log-probs
+            # several passes: a ratio needs the behaviour policy's log-probs (an unclipped
+            # ``logprob`` objective without a ratio-weighted KL has none to compute)
+            if needs_old_logprobs(loss_cfg, n_updates):
                 batch.old_logprobs = self._logprobs(scorer, batch, temperature)
                 self.ledger.add_tokens("old_logprobs", forwarded=tokens)
         stats: dict[str, list[float]] = {}

@@ -1,9 +1,16 @@
 """GRPO: group-relative policy optimisation (DeepSeekMath, Shao et al. 2024).
 
 Per prompt, sample G completions i.i.d.; every completion token carries the
-completion's group-normalised reward ``A[i, t] = norm(R)_i``; all completion tokens
-are trained on. Loss (paper / TRL defaults): PPO-clipped surrogate, epsilon 0.2,
-no KL (beta 0, as in current TRL), per-sequence token mean then batch mean.
+completion's group-normalised reward ``A[i, t] = norm(R)_i`` (unbiased std, eps 1e-4,
+as DeepSeekMath and TRL's ``scale_rewards="group"``); all completion tokens are trained on.
+
+Loss (``DEFAULTS``, the DeepSeekMath paper's): PPO-clipped surrogate, epsilon 0.2, no KL
+(beta 0), per-sequence token mean then batch mean (``aggregation: grpo``). TRL 1.16's
+``GRPOTrainer`` differs in two defaults: its ``loss_type`` is ``"dapo"`` (a token mean
+over the batch: ``loss: {aggregation: dapo}`` here), and ``use_bias_correction_kl=True``
+multiplies the k3 KL by the importance ratio (``loss: {kl_ratio_correction: true}``; it
+matters only when beta > 0). Its ``beta`` (0.0) and ``epsilon`` (0.2) are ours.
+``tests/test_trl_parity.py`` checks loss and gradients against TRL for both settings.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ DEFAULTS = {"loss": {"clip": True, "epsilon": 0.2, "beta": 0.0, "aggregation": "
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # TRL / DeepSeekMath: unbiased std, eps 1e-4. "none" = Dr. GRPO-style centring only.
+    # DeepSeekMath and TRL (scale_rewards="group"): unbiased std, eps 1e-4.
+    # "none" = Dr. GRPO-style centring only (TRL's scale_rewards="none").
     std: Literal["unbiased", "population", "none"] = "unbiased"
     eps: float = Field(1e-4, ge=0)
 

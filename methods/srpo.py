@@ -72,7 +72,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from creditbench.rollouts import Group, Trajectory, group_normalise
 
-DEFAULTS = {"loss": {"clip": False, "aggregation": "grpo", "beta": 0.0}}
+DEFAULTS = {
+    "loss": {"clip": False, "unclipped_objective": "logprob", "aggregation": "grpo", "beta": 0.0}
+}
 
 # SRPO temperature for the localisation call; the paper's 1x8 split localises greedily.
 LOCALISATION_TEMPERATURE = {"1x4": 0.3, "2x4": 0.3, "1x8": 0.0}

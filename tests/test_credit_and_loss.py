@@ -12,7 +12,7 @@ import torch
 import creditbench.ledger as ledger_module
 from creditbench.config import LossConfig
 from creditbench.ledger import Ledger
-from creditbench.loss import policy_loss
+from creditbench.loss import needs_old_logprobs, policy_loss
 from creditbench.methods import load_method
 from creditbench.rollouts import Batch, Group, Trajectory, group_normalise
 from creditbench.tasks import Problem
@@ -203,6 +203,89 @@ def test_unclipped_off_policy_is_importance_weighted():
     # -A r: row 0 -(1 + 1.5 + 0.5)/3 = -1; row 1 (0.5 + 1.5 + 1.1)/3
     assert value == pytest.approx((-1.0 + 3.1 / 3) / 2)
     close(grad, [[-1.0 / 6, -1.5 / 6, -0.5 / 6], [0.5 / 6, 1.5 / 6, 1.1 / 6]])
+
+
+def test_unclipped_logprob_objective_ignores_behaviour_logprobs():
+    """SRPO ``training/srpo_loss.py::compute_policy_loss_srpo``: ``-(adv * mean_t log_prob)
+    .mean()`` whatever ``old_log_prob`` is, in every minibatch (it never reads it)."""
+    value, grad, stats = clipped_case(LossConfig(clip=False, unclipped_objective="logprob"))
+    # row 0 (A = +1): -(-1 - 2 - 0.5) / 3 = 3.5 / 3; row 1 (A = -1): (-0.3 - 1.2 - 4) / 3
+    assert value == pytest.approx((3.5 / 3 - 5.5 / 3) / 2)
+    assert value == pytest.approx(-1 / 3)
+    # d/dlogp = -A / (3 tokens * 2 rows): the ratios [1, 1.5, 0.5], ... play no part
+    close(grad, [[-1.0 / 6] * 3, [1.0 / 6] * 3])
+    assert stats["ratio_mean"] == pytest.approx(sum(map(sum, RATIOS)) / 6)  # still reported
+    # on-policy (no old log-probs) both objectives are -A log pi
+    on = [
+        policy_loss(leaf(L), t(A), t(MASK), LossConfig(clip=False, unclipped_objective=o))[0]
+        for o in ("ratio", "logprob")
+    ]
+    assert on[0].item() == on[1].item() == pytest.approx(0.8166666667)
+
+
+def test_only_a_ratio_needs_behaviour_logprobs():
+    assert not needs_old_logprobs(LossConfig(clip=True), 1)  # one pass: pi_old = pi
+    assert needs_old_logprobs(LossConfig(clip=True), 2)
+    assert needs_old_logprobs(LossConfig(clip=False), 4)  # unclipped ratio: -A r
+    assert not needs_old_logprobs(LossConfig(clip=False, unclipped_objective="logprob"), 4)
+    logprob_kl = LossConfig(clip=False, unclipped_objective="logprob", beta=0.1)
+    assert not needs_old_logprobs(logprob_kl, 4)  # plain k3 needs the reference only
+    assert needs_old_logprobs(logprob_kl.model_copy(update={"kl_ratio_correction": True}), 4)
+
+
+# two sequences, the second with one padding token; advantages 0: the loss is the KL alone
+KL_LOGP = [[-1.0, -1.0, -2.0], [-0.5, -3.0, -1.0]]
+KL_REF = [[-1.5, -1.0, -1.0], [-0.5, -1.0, 0.0]]  # delta = ref - logp: [-.5, 0, 1], [0, 2, 1]
+K3 = [[math.exp(-0.5) - 0.5, 0.0, math.e - 2], [0.0, math.exp(2) - 3, math.e - 2]]
+
+
+def kl_case(cfg: LossConfig):
+    logp = leaf(KL_LOGP)
+    loss, stats = policy_loss(
+        logp, t([[0.0] * 3] * 2), t(MASK), cfg, ref_logprobs=t(KL_REF), num_sequences=2
+    )
+    loss.backward()
+    return loss.item(), logp.grad, stats
+
+
+def test_kl_summed_over_tokens_and_averaged_over_sequences():
+    """VinePPO ``trainers/ppo_trainer.py::PPOTrainer._compute_actor_loss``:
+    ``kl_ctl * clamp(k3 * mask, 0, 10).sum(dim=1).mean()`` added to the policy loss."""
+    assert K3[0] == pytest.approx([0.10653066, 0.0, 0.71828183])
+    assert K3[1][1] == pytest.approx(4.3890561)
+    beta = 0.1
+    seq = LossConfig(clip=True, beta=beta, aggregation="dapo", kl_reduction="sequence_sum")
+    value, grad, stats = kl_case(seq)
+    # (0.82481249 + 4.3890561) / 2 sequences; the padding token's k3 (0.718) is not counted
+    assert value == pytest.approx(beta * (0.82481249 + 4.3890561) / 2)
+    # d/dlogp k3 = 1 - e^delta, divided by the 2 sequences only (not the 5 tokens)
+    close(
+        grad,
+        [
+            [beta * (1 - math.exp(d)) / 2 for d in (-0.5, 0.0, 1.0)],
+            [0.0, beta * (1 - math.exp(2)) / 2, 0.0],
+        ],
+    )
+    assert stats["kl"] == pytest.approx((0.82481249 + 4.3890561) / 5)
+    # the same with grpo aggregation: the KL term does not follow the policy's aggregation
+    assert kl_case(seq.model_copy(update={"aggregation": "grpo"}))[0] == pytest.approx(value)
+    # token_mean (the default): inside the dapo token mean, 5 tokens
+    tok_mean = kl_case(LossConfig(clip=True, beta=beta, aggregation="dapo"))[0]
+    assert tok_mean == pytest.approx(beta * (0.82481249 + 4.3890561) / 5)
+
+
+def test_kl_clamp_caps_each_tokens_k3():
+    """VinePPO ``trainers/klLoss.jsonnet``: kl_penalty_loss_clip_min 0, clip_max 10."""
+    beta = 0.1
+    cfg = LossConfig(beta=beta, aggregation="dapo", kl_reduction="sequence_sum", kl_clamp=1.0)
+    value, grad, _ = kl_case(cfg)
+    # 4.389 is clamped to 1 and has no gradient; the others are below the clamp
+    assert value == pytest.approx(beta * (0.82481249 + 1.0) / 2)
+    close(grad, [[beta * (1 - math.exp(d)) / 2 for d in (-0.5, 0.0, 1.0)], [0.0, 0.0, 0.0]])
+    # clamp 10 (VinePPO's): nothing here reaches it
+    assert kl_case(cfg.model_copy(update={"kl_clamp": 10.0}))[0] == pytest.approx(
+        beta * (0.82481249 + 4.3890561) / 2
+    )
 
 
 def test_k3_kl_value_and_gradient():

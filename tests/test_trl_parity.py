@@ -290,3 +290,55 @@ def test_trl_default_bias_corrected_kl_gradient_differs(tiny_model_dir, batch, t
     torch.testing.assert_close(torch.tensor(our_loss), torch.tensor(trl_loss), **TOL)
     gap = max((our_grads[n] - g).abs().max().item() for n, g in trl_grads.items())
     assert gap > 1e-5
+
+
+def test_trl_1_16_defaults_are_the_ones_our_docs_state():
+    """``trl/trainer/grpo_config.py`` (trl 1.16): ``loss_type="dapo"``,
+    ``use_bias_correction_kl=True``, ``beta=0.0``, ``epsilon=0.2``, ``scale_rewards="group"``.
+    Our defaults are the papers' (DeepSeekMath GRPO: per-sequence mean ``grpo``, plain k3);
+    ``methods/grpo.py`` and ``creditbench/loss.py`` state the difference."""
+    import trl
+
+    fields = GRPOConfig.__dataclass_fields__
+    assert trl.__version__.startswith("1.16")
+    assert fields["loss_type"].default == "dapo"
+    assert fields["use_bias_correction_kl"].default is True
+    assert (fields["beta"].default, fields["epsilon"].default) == (0.0, 0.2)
+    assert fields["scale_rewards"].default == "group"
+    ours = LossConfig()
+    assert (ours.aggregation, ours.kl_ratio_correction, ours.beta) == ("grpo", False, 0.0)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04], ids=["no_kl", "kl"])
+def test_grpos_default_loss_is_unchanged_by_the_new_loss_options(
+    tiny_model_dir, batch, tmp_path, beta
+):
+    """GRPO's ``DEFAULTS`` over the engine defaults (the KL options at their defaults:
+    token mean, no clamp; the unclipped objective unused) equal TRL's ``loss_type="grpo"``
+    with the plain k3 KL, off-policy and with a KL reference."""
+    from creditbench.methods import load_method
+
+    cfg = LossConfig(**{**load_method("grpo").DEFAULTS["loss"], "beta": beta})
+    assert (cfg.kl_reduction, cfg.kl_clamp, cfg.unclipped_objective) == (
+        "token_mean",
+        None,
+        "ratio",
+    )
+    model_dir, tok = tiny_model_dir
+    old, ref = batch["old"], (batch["ref"] if beta else None)
+    trainer = make_trainer(model_dir, tok, tmp_path, loss_type="grpo", beta=beta)
+    theirs = trl_loss_and_grads(trainer, batch, ALL_ROWS, old=old, ref=ref)
+    assert_same(theirs, our_loss_and_grads(model_dir, batch, cfg, ALL_ROWS, old=old, ref=ref))
+
+
+def test_trls_own_defaults_are_dapo_with_ratio_corrected_kl(tiny_model_dir, batch, tmp_path):
+    """TRL 1.16 at its defaults (``loss_type="dapo"``, ``use_bias_correction_kl=True``) is
+    ``aggregation: dapo`` with ``kl_ratio_correction: true`` here."""
+    model_dir, tok = tiny_model_dir
+    old, ref = batch["old"], batch["ref"]
+    settings = {"beta": 0.04, "use_bias_correction_kl": True}  # loss_type: TRL's default
+    trainer = make_trainer(model_dir, tok, tmp_path, **settings)
+    assert trainer.loss_type == "dapo"
+    theirs = trl_loss_and_grads(trainer, batch, ALL_ROWS, old=old, ref=ref)
+    cfg = LossConfig(beta=0.04, aggregation="dapo", kl_ratio_correction=True)
+    assert_same(theirs, our_loss_and_grads(model_dir, batch, cfg, ALL_ROWS, old=old, ref=ref))
