@@ -408,7 +408,8 @@ def plot_sample_efficiency(
             transform=ax.transAxes,
         )
         return _save(fig, out_dir, "sample_efficiency")
-    fractions = sorted(table[table.quantity == "speedup"].fraction.dropna().unique())
+    speed = table[(table.quantity == "speedup") & table.threshold.notna()]
+    fractions = sorted(speed.fraction.dropna().unique())  # no threshold: no speed-up panel
     n_panels = 1 + len(fractions)
     height = max(2.4, 0.42 * len(present) + 1.5)
     fig, axes = plt.subplots(
@@ -451,11 +452,22 @@ def plot_sample_efficiency(
             color="0.35",
             va="top",
         )
+    lo, hi = ax.get_xlim()
+    if hi - lo < 5:  # flat results: a readable span of 5 points
+        lo, hi = (lo + hi) / 2 - 2.5, (lo + hi) / 2 + 2.5
+    lo, hi = max(lo, -0.04 * hi), min(hi, 100 + 0.04 * (100 - lo))  # accuracy is in 0-100%
+    ax.set_xlim(lo, hi)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
     ax.set_xlabel("mean held-out accuracy over the\ncommon budget (normalised AUC)")
-    ax.set_title("Area under the accuracy curve", loc="left")
+    if baseline and not fractions and (table.quantity == "to_threshold").any():
+        ax.set_title(
+            f"Area under the accuracy curve (no speed-up: {baseline} did not\n"
+            "improve on the warm start, so there is no threshold)",
+            loc="left",
+        )
+    else:
+        ax.set_title("Area under the accuracy curve", loc="left")
     _forest_rows(ax, present)
-    speed = table[table.quantity == "speedup"]
     spd_offsets = dict(zip(THRESHOLD_AXES, (-0.15, 0.15), strict=True))
     for ax, f in zip(axes[1:], fractions, strict=True):
         ax.set_xscale("log")

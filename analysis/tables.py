@@ -129,15 +129,14 @@ def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER, exact: bo
     the experiment measured). ``exact``: from the noncentral t distribution, the δ with
     P(|T'| > t_{1−α/2, n−1}) = power for T' ~ t'(n−1, δ·√n/sd). Otherwise the standard
     approximation (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n, which is a little smaller
-    for few seeds (5% at n=3). NaN for n < 2 or an undefined ``sd``; 0 when ``sd`` is 0.
+    for few seeds (5% at n=3). NaN for n < 2, an undefined ``sd`` or ``sd`` = 0 (every
+    seed gave the same difference: the test itself is undefined, p is n/a).
     """
-    if n < 2 or sd is None or math.isnan(sd):
+    if n < 2 or sd is None or math.isnan(sd) or sd == 0:
         return math.nan
     df = n - 1
     t_crit = float(stats.t.ppf(1 - alpha / 2, df))
     approx = t_crit + float(stats.t.ppf(power, df))
-    if sd == 0:
-        return 0.0
     if not exact:
         return approx * sd / math.sqrt(n)
     ncp = optimize.brentq(_power_gap, 0.0, 4 * approx, args=(df, t_crit, power), xtol=1e-12)
