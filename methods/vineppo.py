@@ -13,9 +13,13 @@ estimated by sampling the policy's own continuations from it, not by a value net
    completion with no thought is one step). States: s_0 = x0, s_k = (x0, y_1 .. y_k).
 3. Monte Carlo values. From every state s_k, k = 0 .. n-1, K = ``mc_rollouts``
    continuations (paper 9) are sampled with the same sampling settings (temperature,
-   top-p, EOS as the only stop) and ``V(s_k)`` = their mean reward. A continuation cut
-   off by the length limit scores 0 (``ctx.score``; code: ``unfinished_response_penalty``
-   0); the terminal state has ``V(s_n) = 0``. Identical states are valued once: the code
+   top-p, the sampler's stops) and ``V(s_k)`` = their mean reward. A continuation from
+   s_k may generate ``min(cap, context - |x0| - |y_1..y_k|)`` tokens (``mc_budget:
+   context``, the code's ``EfficientIIDExpander._compute_max_tokens`` in
+   ``tree_inference/expansion.py``: ``min(max_tokens, model_context_size - |prefix|)``
+   with max_tokens = 1024, the rollouts' own limit, and model_context_size = the
+   episodes' ``max_sequence_length``); one cut off by that limit scores 0 (``ctx.score``;
+   code: ``unfinished_response_penalty`` 0); the terminal state has ``V(s_n) = 0``. Identical states are valued once: the code
    deduplicates its value requests by query text, and we by token ids, so s_0 (the
    prompt, shared by the G completions of a prompt) gets one estimate per prompt, as does
    any first step that two completions share. All states of the training step go to the
@@ -25,37 +29,53 @@ estimated by sampling the policy's own continuations from it, not by a value net
    the last step, ``r_{n-1} = R(y)``, and ``V(s_n) = 0``; they telescope to
    ``sum_k A_k = R(y) - V(s_0)``.
 5. Every token of step k carries ``A_k``; then advantages are whitened over the batch:
-   ``(A - mean) / sqrt(var + eps)``, mean and variance over all trained tokens.
-6. Loss (the engine's, ``DEFAULTS``): PPO clipped surrogate, epsilon 0.2, 2 epochs over the
-   batch (so the ratio uses the behaviour policy's log-probs), k3 KL to the initial model
-   with coefficient 1e-4, no critic; the policy loss is a token mean over the batch (code:
-   ``masked_mean`` over the tokens of a batch), i.e. aggregation ``dapo``.
+   ``(A - mean) / sqrt(var + eps)``, mean and unbiased variance over all trained tokens of
+   every process (code: ``masked_whiten(..., distributed=True, unbiased_variance=True)``
+   in ``trainers/ppo_trainer.py``, statistics all-reduced as ``get_global_statistics_no_move``
+   in ``trainers/utils.py`` does: the sum and count first, then the squared deviations
+   from the global mean).
+6. Loss (the engine's, ``DEFAULTS``; code: ``PPOTrainer._compute_actor_loss``): PPO clipped
+   surrogate, epsilon 0.2, 2 epochs over the batch (so the ratio uses the behaviour
+   policy's log-probs), no critic; the policy loss is a token mean over the batch (code:
+   ``masked_mean`` over the tokens of a batch), i.e. aggregation ``dapo``; the KL term to
+   the initial model is ``1e-4 * clamp(k3, 0, 10)`` summed over each sequence's tokens and
+   averaged over sequences (``loss.kl_reduction: sequence_sum``, ``loss.kl_clamp: 10``;
+   code: ``kl_penalty_loss_type: control_variate``, clip 0..10,
+   ``ref_kl.sum(dim=1).mean()``), added to the token-mean policy loss.
 
 Choices, each a parameter below or noted here:
-- ``mc_budget`` [choice]: a continuation from s_k may use only the completion budget the
-  prefix leaves (``remaining``: ``max_new_tokens - |y_1..y_k|``), so V(s_k) values the
-  same length-limited environment the trajectory was sampled in; ``full`` gives every
-  continuation the whole ``max_new_tokens``. The code bounds a value rollout by the
-  sequence limit (query + prefix + continuation; 2499 tokens in its DeepSeek MATH config),
-  not by the rollouts' own limit (1024 new tokens), so it is looser than ``remaining``. All
-  states are sampled in one call with the largest budget; a continuation longer than its
-  own budget counts as cut off (the same outcome as stopping it at its budget, since the
-  tokens after the budget cannot change the ones before; the ledger still charges them).
+- ``mc_budget``: the length limit of a continuation from s_k. ``context`` (default, the
+  code's rule): ``min(value_max_new_tokens, value_context - |x0| - |y_1..y_k|)``, with
+  ``value_max_new_tokens`` (null: ``sampling.max_new_tokens``, the rollouts' own limit as
+  in the code) and ``value_context`` the total sequence limit (null: the model's context,
+  ``max_position_embeddings``; the code's DeepSeek MATH config uses 2499). A state whose
+  prefix already fills ``value_context`` gets ``V = 0`` without sampling (the code asserts
+  a positive budget). ``remaining`` [choice, the former default]: only the completion
+  budget the prefix leaves, ``max_new_tokens - |y_1..y_k|``, so V(s_k) values the same
+  length-limited environment the trajectory was sampled in (it values late states low:
+  their continuations get little room). ``full``: every continuation gets
+  ``max_new_tokens``. All states are sampled in one call with the largest budget; a
+  continuation longer than its own budget counts as cut off (the same outcome as stopping
+  it at its budget, since the tokens after the budget cannot change the ones before; the
+  ledger still charges them).
 - ``max_value_steps`` (code: ``max_step_for_value_estimation``; its GSM8K configs use 25,
   its MATH configs none): values are estimated for s_0 and the states after the first
   ``max_value_steps`` steps only; later states take the trajectory's own return R(y)
   (code: filled backwards from V(s_n) = 0 with gamma = 1), so their steps get A = 0.
 - Whitening (``whiten``, ``whiten_std``, ``whiten_eps``; code: ``masked_whiten`` with the
-  unbiased variance and ``rsqrt(var + 1e-8)``). [choice] The code whitens each optimiser
-  micro-batch (gathered across devices) inside the update; the engine computes advantages
-  once per step, so we whiten over the whole step's batch (the paper's "batch").
+  unbiased variance and ``rsqrt(var + 1e-8)``). ``whiten_across_processes`` (default true,
+  the code's ``distributed=True``): under data parallelism the mean and variance are
+  those of every process's tokens (``ctx.collective``), so N processes whiten as one
+  process on the whole batch; false whitens each process's shard alone. [choice] The code
+  whitens each optimiser micro-batch (gathered across devices) inside the update; the
+  engine computes advantages once per step, so we whiten over the whole step's batch (the
+  paper's "batch").
 - Token to step: a token that straddles a step boundary belongs to the step it completes
   (``thought_token_ends``); the code gives it to the step of its first character. On a
   character-level tokenizer (the chains testbed) the two agree.
-- Not reproduced by the engine's loss: the code clips the k3 KL to [0, 10] and sums it
-  over tokens, then averages over sequences; the engine adds ``beta * k3`` per token
-  and aggregates it with the policy term. The paper's optimiser settings (lr 1e-6, 8
-  minibatches of 64 episodes per epoch) are left to the experiment, like every method's.
+- The paper's optimiser settings (lr 1e-6, 8 minibatches of 64 episodes per epoch) are
+  left to the experiment, like every method's. The code's ``ratio_threshold`` (a
+  micro-batch whose mean ratio exceeds it is skipped) is not in the engine.
 
 Compute ledger: the G completions are ``rollout``; the MC continuations ``mc_value``
 (generated tokens: every sampled continuation token; forwarded: each distinct state's
@@ -73,7 +93,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from creditbench.rollouts import Group, Trajectory
 
 DEFAULTS = {
-    "loss": {"clip": True, "epsilon": 0.2, "beta": 1e-4, "aggregation": "dapo"},
+    "loss": {
+        "clip": True,
+        "epsilon": 0.2,
+        "beta": 1e-4,
+        "aggregation": "dapo",
+        "kl_reduction": "sequence_sum",
+        "kl_clamp": 10.0,
+    },
     "train": {"epochs": 2},
 }
 
@@ -81,11 +108,15 @@ DEFAULTS = {
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mc_rollouts: int = Field(9, ge=1)  # K continuations per state (paper: 9)
-    mc_budget: Literal["remaining", "full"] = "remaining"  # continuation length limit, above
+    # continuation length limit, see the module docstring (code: _compute_max_tokens)
+    mc_budget: Literal["context", "remaining", "full"] = "context"
+    value_max_new_tokens: int | None = Field(None, ge=1)  # null: sampling.max_new_tokens
+    value_context: int | None = Field(None, ge=1)  # null: the model's context
     max_value_steps: int | None = Field(None, ge=0)  # code: max_step_for_value_estimation
     whiten: bool = True  # code: whiten_advantages
     whiten_std: Literal["unbiased", "population"] = "unbiased"  # code: unbiased variance
     whiten_eps: float = Field(1e-8, ge=0)  # added to the variance (code: rsqrt(var + 1e-8))
+    whiten_across_processes: bool = True  # code: masked_whiten(distributed=True)
 
 
 # ----------------------------------------------------------------------------- credit rule
@@ -96,6 +127,36 @@ def budget_stop(stop: str, n_generated: int, budget: int) -> str:
     which ``ctx.score`` scores 0 like any completion cut off by the length limit.
     """
     return "length" if n_generated > budget else stop
+
+
+def value_budget(
+    mode: str,
+    prompt_len: int,
+    prefix_len: int,
+    max_new_tokens: int,
+    cap: int | None = None,
+    context: int | None = None,
+) -> int:
+    """New tokens a continuation from the state ``prompt + y[:prefix_len]`` may generate.
+
+    ``context`` (the code's ``_compute_max_tokens``): ``min(cap, context - prompt_len -
+    prefix_len)``, ``cap`` defaulting to ``max_new_tokens`` and no context limit when
+    ``context`` is ``None``; ``remaining``: ``max_new_tokens - prefix_len``; ``full``:
+    ``max_new_tokens``. At most 0 means the state leaves no room (``V = 0``).
+    """
+    if mode == "remaining":
+        return max_new_tokens - prefix_len
+    if mode == "full":
+        return max_new_tokens
+    cap = max_new_tokens if cap is None else cap
+    return cap if context is None else min(cap, context - prompt_len - prefix_len)
+
+
+def model_context(model) -> int | None:
+    """The model's context length (``config.max_position_embeddings``), ``None`` if unknown."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 def mc_value(rewards: Sequence[float]) -> float:
@@ -153,6 +214,7 @@ def whiten(
     masks: Sequence[Sequence[float] | None] | None = None,
     std: Literal["unbiased", "population"] = "unbiased",
     eps: float = 1e-8,
+    collective=None,
 ) -> list[list[float]]:
     """``(A - mean) / sqrt(var + eps)``, mean and variance over the masked tokens of the batch.
 
@@ -160,6 +222,12 @@ def whiten(
     enter the statistics but are transformed alike (they carry no loss). ``std``:
     ``unbiased`` divides the squared deviations by (tokens - 1), ``population`` by tokens;
     a batch with a single token has variance 0.
+
+    ``collective`` (a ``creditbench.distributed.Collective``; ``None``: one process): the
+    batch is the union of every process's ``advantages``. As VinePPO's
+    ``get_global_statistics_no_move`` (``trainers/utils.py``): the masked sum and count are
+    summed over processes, giving the global mean, then the squared deviations from it.
+    Every process must call it (a process with no tokens too: it contributes zeros).
     """
     masks = masks or [None] * len(advantages)
     flat = np.concatenate([np.asarray(a, dtype=np.float64) for a in advantages] or [[]])
@@ -170,12 +238,17 @@ def whiten(
         ]
         or [[]]
     )
-    count = weight.sum()
+
+    def total(values: list[float]) -> list[float]:
+        return values if collective is None else collective.sum(values)
+
+    weighted_sum, count = total([float((flat * weight).sum()), float(weight.sum())])
+    mean = weighted_sum / count if count > 0 else 0.0
+    (sq_dev,) = total([float(((flat - mean) ** 2 * weight).sum())])
     if count == 0:
         return [list(map(float, a)) for a in advantages]
-    mean = (flat * weight).sum() / count
     dof = count - 1 if std == "unbiased" else count
-    var = ((flat - mean) ** 2 * weight).sum() / dof if dof > 0 else 0.0
+    var = sq_dev / dof if dof > 0 else 0.0
     scale = 1.0 / np.sqrt(var + eps) if var + eps > 0 else 1.0
     out, start = [], 0
     for a in advantages:
@@ -195,6 +268,12 @@ class Method:
         self.params = params
         self.ctx = ctx
 
+    def collective(self):
+        """The processes whose tokens the whitening pools (``None``: this process alone)."""
+        if not self.params.whiten_across_processes:
+            return None
+        return getattr(self.ctx, "collective", None)
+
     def collect(self, problems, step: int) -> list[Group]:
         G = self.ctx.run.train.group_size
         groups = [Group(trajs) for trajs in self.ctx.rollout(problems, G, purpose="rollout")]
@@ -205,6 +284,7 @@ class Method:
         """Set ``meta["mc_values"]`` = ``V(s_0) .. V(s_{n-1})`` of every trajectory."""
         p, ctx = self.params, self.ctx
         max_new = ctx.sampler.cfg.max_new_tokens
+        context = p.value_context or model_context(ctx.model)
         index: dict[tuple[int, ...], int] = {}  # distinct state (token ids) -> its slot
         states: list[tuple[Trajectory, int]] = []  # a trajectory holding it, prefix length
         owned: list[list[int]] = []  # per trajectory: the slots of its estimated states
@@ -223,21 +303,37 @@ class Method:
             owned.append(slots)
 
         K = p.mc_rollouts
-        contexts = [t.prompt_ids + t.completion_ids[:n] for t, n in states]
-        gens = ctx.sampler.generate(contexts, purpose="mc_value", max_new_tokens=max_new, n=K)
-        values = []
-        for i, (t, n) in enumerate(states):
-            budget = max_new - n if p.mc_budget == "remaining" else max_new
+        budgets = [
+            value_budget(
+                p.mc_budget, len(t.prompt_ids), n, max_new, p.value_max_new_tokens, context
+            )
+            for t, n in states
+        ]
+        sampled = [i for i, b in enumerate(budgets) if b > 0]  # no room left: V = 0
+        contexts = [
+            states[i][0].prompt_ids + states[i][0].completion_ids[: states[i][1]] for i in sampled
+        ]
+        gens = []
+        if sampled:
+            gens = ctx.sampler.generate(
+                contexts,
+                purpose="mc_value",
+                max_new_tokens=max(budgets[i] for i in sampled),
+                n=K,
+            )
+        values = [0.0] * len(states)
+        for k, i in enumerate(sampled):
+            t, n = states[i]
             prefix = t.completion_ids[:n]
             rewards = [
                 ctx.score(
                     t.problem,
                     ctx.sampler.decode(prefix + g.ids),
-                    budget_stop(g.stop, len(g.ids), budget),
+                    budget_stop(g.stop, len(g.ids), budgets[i]),
                 )
-                for g in gens[i * K : (i + 1) * K]
+                for g in gens[k * K : (k + 1) * K]
             ]
-            values.append(mc_value(rewards))
+            values[i] = mc_value(rewards)
 
         for t, slots in zip(trajs, owned, strict=True):
             estimated = [values[s] for s in slots]
@@ -257,5 +353,6 @@ class Method:
                 [t.loss_mask for t in trajs],
                 std=self.params.whiten_std,
                 eps=self.params.whiten_eps,
+                collective=self.collective(),
             )
         return [t.set_credit(a) for t, a in zip(trajs, per_token, strict=True)]

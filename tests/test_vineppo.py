@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import small_config
@@ -192,7 +194,9 @@ def test_continuations_past_the_remaining_budget_score_zero(tok):
         return [("A:36", "eos")] * n
 
     for max_new, expected in ((20, 1.0), (19, 0.0)):
-        method, sampler = scripted_method(tok, script, max_new_tokens=max_new)
+        method, sampler = scripted_method(
+            tok, script, max_new_tokens=max_new, mc_budget="remaining"
+        )
         right = trajectory(tok, sampler, "7+5=12\n12*3=36\nA:36", 1.0)
         assert right.thought_ends == [7, 15, 20]
         method.estimate_values([right])
@@ -201,6 +205,138 @@ def test_continuations_past_the_remaining_budget_score_zero(tok):
         method_full, _ = scripted_method(tok, script, max_new_tokens=max_new, mc_budget="full")
         method_full.estimate_values([right])
         assert right.meta["mc_values"][2] == 1.0
+
+
+def test_value_budget_is_the_codes_min_of_cap_and_context_left():
+    """VinePPO ``tree_inference/expansion.py::EfficientIIDExpander._compute_max_tokens``:
+    ``min(max_tokens, model_context_size - len(tokenize(prefix)))``, the prefix being the
+    query and the response so far. DeepSeek MATH config: max_tokens 1024, the value
+    expander's model_context_size = max_sequence_length = 2499."""
+    # a 200-token query: after 1000 response tokens 1299 are left, more than the cap
+    assert vine.value_budget("context", 200, 1000, 1024, cap=1024, context=2499) == 1024
+    # after 1500: 2499 - 1700 = 799 < 1024
+    assert vine.value_budget("context", 200, 1500, 1024, cap=1024, context=2499) == 799
+    # the cap defaults to the rollouts' max_new_tokens; no known context: the cap alone
+    assert vine.value_budget("context", 200, 1500, 1024, context=2499) == 799
+    assert vine.value_budget("context", 200, 1500, 1024) == 1024
+    assert vine.value_budget("context", 200, 2299, 1024, context=2499) == 0  # no room
+    # the former default: what the 1024-token completion budget leaves after the prefix
+    assert vine.value_budget("remaining", 200, 1000, 1024, context=2499) == 24
+    assert vine.value_budget("full", 200, 1000, 1024, context=2499) == 1024
+
+
+def test_default_budget_gives_a_late_state_the_whole_cap(tok):
+    """With ``mc_budget: context`` (default) a continuation from s_2 (15 completion tokens
+    in, prompt 6 tokens) may use min(19, context - 21) tokens: the 5-token "A:36" + EOS
+    succeeds where ``remaining`` (19 - 15 = 4 tokens) cut it off (the test above)."""
+
+    def script(ctx, n):
+        return [("A:36", "eos")] * n
+
+    method, sampler = scripted_method(tok, script, max_new_tokens=19)  # no model: no context
+    right = trajectory(tok, sampler, "7+5=12\n12*3=36\nA:36", 1.0)
+    assert (len(right.prompt_ids), right.thought_ends) == (6, [7, 15, 20])
+    method.estimate_values([right])
+    assert right.meta["mc_values"] == [1.0, 1.0, 1.0]
+    assert sampler.calls[0][3]["max_new_tokens"] == 19
+    # value_context 26: s_2 gets min(19, 26 - 21) = 5 tokens, enough; 25: 4, cut off
+    for context, v2 in ((26, 1.0), (25, 0.0)):
+        method, sampler = scripted_method(tok, script, max_new_tokens=19, value_context=context)
+        method.estimate_values([right])
+        assert right.meta["mc_values"][2] == v2
+        assert sampler.calls[0][3]["max_new_tokens"] == min(19, context - 6)  # s_0's budget
+    # value_context 21: s_2 has no room left, gets V = 0 and is not sampled at all
+    method, sampler = scripted_method(tok, script, max_new_tokens=19, value_context=21)
+    method.estimate_values([right])
+    assert right.meta["mc_values"] == [1.0, 1.0, 0.0]
+    assert [len(c) for c in sampler.calls[0][0]] == [6, 13]
+    # a cap below the 5 tokens: every state's continuation is cut off
+    method, sampler = scripted_method(tok, script, max_new_tokens=19, value_max_new_tokens=4)
+    method.estimate_values([right])
+    assert right.meta["mc_values"] == [0.0, 0.0, 0.0]
+
+
+def test_the_context_defaults_to_the_models_positions(model):
+    assert vine.model_context(model) == model.config.max_position_embeddings == 512
+    assert vine.model_context(None) is None
+
+
+def test_vineppo_defaults_are_the_codes_loss():
+    """VinePPO ``trainers/ppo_trainer.py::PPOTrainer._compute_actor_loss`` with
+    ``trainers/klLoss.jsonnet`` (control_variate = k3, clip 0..10) and refKl0.0001."""
+    loss = small_config(runs={"vineppo": {"method": "vineppo"}}).run("vineppo").loss
+    assert (loss.clip, loss.epsilon, loss.beta, loss.aggregation) == (True, 0.2, 1e-4, "dapo")
+    assert (loss.kl_reduction, loss.kl_clamp, loss.kl_ratio_correction) == (
+        "sequence_sum",
+        10.0,
+        False,
+    )
+    assert vine.Params().mc_budget == "context" and vine.Params().whiten_across_processes
+
+
+# two processes, each whitening its shard with statistics pooled over both (gloo on CPU)
+SHARDS = {0: ([[1.0, 2.0]], [None]), 1: ([[3.0, 100.0]], [[1.0, 0.0]])}
+
+
+def _whiten_worker(rank: int, init: str, out: str) -> None:
+    import json
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from creditbench.distributed import Collective
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        coll = Collective(SimpleNamespace(num_processes=2, process_index=rank, device="cpu"))
+        adv, masks = SHARDS[rank]
+        pooled = vine.whiten(adv, masks, eps=0.0, collective=coll)
+        # the method: step advantages from preset values, whitened through ctx.collective
+        text = "7+5=12\n12*3=36\nA:36" if rank == 0 else "7+5=13\n13*3=39\nA:39"
+        tok = build_char_tokenizer(ChainsTask.alphabet)
+        sampler = ScriptedSampler(tok, 40, None)
+        t = trajectory(tok, sampler, text, float(rank == 0))
+        t.meta["mc_values"] = [0.5, 1.0, 0.5] if rank == 0 else [0.5, 0.0, 0.0]
+        ctx = MethodContext(None, tok, sampler, TASK, Ledger(), run=None, collective=coll)
+        (trained,) = vine.Method(vine.Params(), ctx).advantages([Group([t])])
+        Path(out, f"rank{rank}.json").write_text(
+            json.dumps({"pooled": pooled, "method": trained.advantages})
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_whitening_pools_the_statistics_of_every_process(tmp_path):
+    """VinePPO ``trainers/ppo_trainer.py`` whitens with ``masked_whiten(distributed=True,
+    unbiased_variance=True)`` (``trainers/utils.py::get_global_statistics_no_move``): the
+    tokens of both processes, 1, 2 and 3 (100 is masked), have mean 2 and unbiased
+    variance 1, so process 0 gets [-1, 0] and process 1 [1, 98], not its own shard's
+    whitening (process 0 alone: mean 1.5, variance 0.5)."""
+    import json
+
+    torch.multiprocessing.spawn(
+        _whiten_worker, args=(f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2
+    )
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["pooled"] == [pytest.approx([-1.0, 0.0])]
+    assert r1["pooled"] == [pytest.approx([1.0, 98.0])]
+    assert vine.whiten(*SHARDS[0], eps=0.0) == [pytest.approx([-(0.5**0.5), 0.5**0.5])]
+    # the method, on one trajectory per process, equals one process whitening both
+    tok = build_char_tokenizer(ChainsTask.alphabet)
+    sampler = ScriptedSampler(tok, 40, None)
+    right = trajectory(tok, sampler, "7+5=12\n12*3=36\nA:36", 1.0)
+    wrong = trajectory(tok, sampler, "7+5=13\n13*3=39\nA:39", 0.0)
+    right.meta["mc_values"], wrong.meta["mc_values"] = [0.5, 1.0, 0.5], [0.5, 0.0, 0.0]
+    ctx = MethodContext(None, tok, sampler, TASK, Ledger(), run=None)
+    one = vine.Method(vine.Params(), ctx).advantages([Group([right, wrong])])
+    assert r0["method"] == pytest.approx(one[0].advantages)
+    assert r1["method"] == pytest.approx(one[1].advantages)
+    # step advantages [0.5, -0.5, 0.5] and [-0.5, 0, 0] over steps of 7, 8, 5 tokens: sum
+    # 2 - 3.5, mean -1.5 / 40 = -0.0375; squares 5 + 1.75 = 6.75, unbiased variance
+    # (6.75 - 40 * 0.0375^2) / 39 = 0.1716346; the right trajectory's first step is
+    # (0.5 + 0.0375) / sqrt(0.1716346) = 1.297406
+    assert r0["method"][0] == pytest.approx(0.5375 / (6.69375 / 39) ** 0.5)
+    assert r0["method"][0] == pytest.approx(1.297406, abs=1e-6)
 
 
 def test_value_cap_estimates_only_the_first_states(tok):
