@@ -22,17 +22,31 @@ answer is predicted), then weights ``w_t`` that multiply the GRPO advantage:
 Choices where the paper leaves a point open (methods.md's [choice]s), each a named
 parameter below or a documented behaviour:
 
-- [choice] ``reasoning_span``: which completion tokens are "reasoning". ``before_answer``
-  (default): every completion token before the first token of the answer value
-  (``task.answer_span``), so the answer marker (``A:`` on the chains task) is included.
-  ``before_answer_thought``: only the thoughts that end before the answer's thought, so
-  the answer line is left out, like the official code's separate "conclude" segment.
+- ``reasoning_span``: which completion tokens are "reasoning". The official code splits
+  each input into segments ``before`` (intro, question, bridge) + ``reasoning`` +
+  ``conclude`` + ``answer`` (``calculate_oar_hybrid_weights``: only the reasoning
+  tokens are perturbed or noised, ``calculate_token_importance_perturbation`` /
+  ``calculate_token_importance_gradient``; ``compute_loss`` gives the reasoning tokens
+  their weights and every later token ``w = 1``). The conclusion (the answer and its
+  markers) is therefore never perturbed and keeps ``w = 1``. ``before_answer_line``
+  (default): reasoning is every completion token before the line that holds the answer
+  (``task.answer_span``); that line (``A:36`` on the chains task, the sentence with
+  ``\boxed{...}`` on math) and what follows it are the conclusion. A token that straddles
+  the line start belongs to the conclusion; a completion whose answer is on its first
+  line has no reasoning (``w = 1``). ``before_answer_thought``: the thoughts that end
+  before the answer's thought (the same on the chains task). ``before_answer`` (the
+  former default): every token before the answer value, so the answer marker (``A:``,
+  ``\boxed{``) counts as reasoning.
 - [choice] A completion with no parsable answer, or an empty reasoning span, gets
   ``w = 1`` everywhere (plain GRPO credit): there is no ``P_final`` to ground it in.
-- [choice] ``outcome``: ``last`` = the distribution at the position that predicts the
-  first answer token; ``mean`` = the softmax of the *logits* averaged over every
-  answer-predicting position (the official code's ``answer_mean`` averages logits).
+- ``outcome`` (the code's ``pfinal_mode``): ``last`` = the distribution at the position
+  that predicts the first answer token; ``mean`` = the softmax of the *logits* averaged
+  over every answer-predicting position (the code's ``answer_mean`` averages logits).
+  Default (null): ``mean`` for OAR-G (``calculate_token_importance_gradient``'s default
+  ``pfinal_mode="answer_mean"``) and ``last`` for OAR-P
+  (``calculate_token_importance_perturbation``'s default ``pfinal_mode='last'``).
   ``P_final`` is the raw model distribution (temperature 1, as in the official code).
+  The code's ``answer_joint`` mode (mean answer log-likelihood) is not implemented.
 - [choice] ``quantile_interpolation``: how ``tau`` is read between order statistics
   (``torch.quantile``; ``linear`` is numpy's default, which the official code uses).
 - [choice] Degenerate cases of the reshaping: all ``s`` equal (one token, or all
@@ -51,8 +65,11 @@ parameter below or a documented behaviour:
   (later tokens cannot change ``P_final`` in a causal model, so they are not forwarded).
 - [choice] OAR-G's noise is drawn on the CPU from a private ``torch.Generator`` seeded
   from ``ctx.step_rng(step, "oar-noise")`` (the run's seed and the step): reproducible on
-  resume, and the sampling RNG is left untouched. One ``[L, hidden]`` draw per completion,
-  in order, so the noise does not depend on ``perturbation_batch_size`` or the device.
+  resume, and the sampling RNG is left untouched. The step is the one ``collect(problems,
+  step)`` was given, carried by its groups (``Group.meta["step"]``), so ``advantages``
+  reads it from its input and not from the method's state; groups without it are
+  rejected by OAR-G. One ``[L, hidden]`` draw per completion, in order, so the noise does
+  not depend on ``perturbation_batch_size`` or the device.
 - Importance passes run with the model in eval mode (no dropout) and leave no gradient
   on the policy's parameters (``torch.autograd.grad`` w.r.t. the input embeddings only).
 """
@@ -76,7 +93,8 @@ class Params(BaseModel):
     # OAR-P (counterfactual pad perturbation) or OAR-G (noisy gradient x input); no default:
     # they are two methods with a 5x cost difference, a run must say which it is.
     importance: Literal["perturbation", "gradient"]
-    outcome: Literal["last", "mean"] = "last"  # P_final mode, see the module docstring
+    # P_final mode (code: pfinal_mode); null: "mean" for OAR-G, "last" for OAR-P
+    outcome: Literal["last", "mean"] | None = None
     quantile: float = Field(0.25, ge=0, le=1)  # q: tau is the q-quantile of n (paper 0.25)
     quantile_interpolation: Literal["linear", "lower", "higher", "nearest", "midpoint"] = "linear"
     floor: float = Field(0.1, ge=0)  # lowest weight below tau, before rescaling (paper 0.1)
@@ -86,7 +104,19 @@ class Params(BaseModel):
     # sequences per importance forward (OAR-P: perturbed copies; OAR-G: completions per
     # forward + backward); changes speed and memory, not the importances
     perturbation_batch_size: int = Field(64, gt=0)
-    reasoning_span: Literal["before_answer", "before_answer_thought"] = "before_answer"
+    # which tokens are reasoning; the conclusion (answer line) keeps w = 1 (OAR-main.py)
+    reasoning_span: Literal["before_answer_line", "before_answer_thought", "before_answer"] = (
+        "before_answer_line"
+    )
+
+    @property
+    def outcome_mode(self) -> str:
+        """``outcome``, or the code's default for the importance: ``mean`` (OAR-G's
+        ``answer_mean``) or ``last`` (OAR-P)."""
+        if self.outcome is not None:
+            return self.outcome
+        return "mean" if self.importance == "gradient" else "last"
+
     # GRPO's norm(R): TRL / DeepSeekMath use the unbiased std and eps 1e-4.
     std: Literal["unbiased", "population", "none"] = "unbiased"
     eps: float = Field(1e-4, ge=0)
@@ -158,10 +188,28 @@ def answer_token_span(decoded_ends: list[int], char_span: tuple[int, int]) -> tu
     return a0, a1
 
 
-def reasoning_span(a0: int, thought_ends: list[int], mode: str) -> tuple[int, int]:
-    """Completion tokens that count as reasoning (see ``Params.reasoning_span``)."""
+def line_start_token(decoded_ends: list[int], text: str, c0: int) -> int:
+    """Index of the first token of the line holding character ``c0`` of ``text``: the
+    first token whose decoding reaches past the line's first character (a token that
+    straddles the line start is on the line)."""
+    start = text.rfind("\n", 0, c0) + 1
+    return next(j for j, e in enumerate(decoded_ends) if e > start)
+
+
+def reasoning_span(
+    a0: int, thought_ends: list[int], mode: str, line_start: int | None = None
+) -> tuple[int, int]:
+    """Completion tokens that count as reasoning (see ``Params.reasoning_span``).
+
+    ``a0``: the first answer token; ``line_start``: the first token of the answer's line
+    (``line_start_token``, needed by ``before_answer_line``).
+    """
     if mode == "before_answer":
         return 0, a0
+    if mode == "before_answer_line":
+        if line_start is None:
+            raise ValueError("reasoning_span 'before_answer_line' needs the answer line's start")
+        return 0, min(line_start, a0)
     return 0, max((e for e in thought_ends if e <= a0), default=0)
 
 
@@ -344,7 +392,6 @@ class Method:
     def __init__(self, params: Params, ctx):
         self.params = params
         self.ctx = ctx
-        self.step = 0  # the step being trained on (collect sets it): seeds OAR-G's noise
         if ctx is not None and not hasattr(getattr(ctx, "task", None), "answer_span"):
             raise ValueError(
                 f"OAR needs the task's answer_span (where P_final is read); "
@@ -352,9 +399,12 @@ class Method:
             )
 
     def collect(self, problems, step: int) -> list[Group]:
-        self.step = step
+        """GRPO's groups; each carries its training step (``meta["step"]``: OAR-G's noise)."""
         G = self.ctx.run.train.group_size
-        return [Group(trajs) for trajs in self.ctx.rollout(problems, G, purpose="rollout")]
+        return [
+            Group(trajs, meta={"step": step})
+            for trajs in self.ctx.rollout(problems, G, purpose="rollout")
+        ]
 
     def probe(self, traj: Trajectory) -> Probe | None:
         """Where the answer and the reasoning are; ``None`` when there is nothing to reshape."""
@@ -363,18 +413,32 @@ class Method:
             return None
         ends = decoded_lengths(traj.completion_ids, self.ctx.tokenizer)
         answer = answer_token_span(ends, char_span)
-        span = reasoning_span(answer[0], traj.thought_ends, self.params.reasoning_span)
+        line = line_start_token(ends, traj.text, char_span[0])
+        span = reasoning_span(answer[0], traj.thought_ends, self.params.reasoning_span, line)
         if span[1] <= span[0]:
             return None
-        return make_probe(traj.prompt_ids, traj.completion_ids, answer, span, self.params.outcome)
+        p = self.params
+        return make_probe(traj.prompt_ids, traj.completion_ids, answer, span, p.outcome_mode)
 
-    def noise_generator(self) -> torch.Generator:
-        """OAR-G's private noise RNG for the current step (a function of seed and step)."""
-        seed = self.ctx.step_rng(self.step, "oar-noise").getrandbits(63)
+    def noise_generator(self, step: int) -> torch.Generator:
+        """OAR-G's private noise RNG at ``step`` (a function of the run's seed and the step)."""
+        seed = self.ctx.step_rng(step, "oar-noise").getrandbits(63)
         return torch.Generator().manual_seed(seed)
 
-    def importance(self, probes: list[Probe]) -> list[torch.Tensor]:
-        """Importances of every probe's reasoning tokens, charged to the ledger."""
+    @staticmethod
+    def step_of(groups: list[Group]) -> int:
+        """The training step the groups were collected at (``collect`` records it)."""
+        steps = {g.meta.get("step") for g in groups}
+        if len(steps) != 1 or None in steps:
+            raise ValueError(
+                f"OAR-G seeds its noise from the training step, which collect() records in "
+                f"each group's meta['step']; these groups have {sorted(map(str, steps))}"
+            )
+        return int(steps.pop())
+
+    def importance(self, probes: list[Probe], step: int) -> list[torch.Tensor]:
+        """Importances of every probe's reasoning tokens, charged to the ledger; ``step``
+        seeds OAR-G's noise."""
         p, model, ledger = self.params, self.ctx.model, self.ctx.ledger
         pad_id = self.ctx.tokenizer.pad_token_id
         with ledger.phase(p.importance), _eval_mode(model):
@@ -384,7 +448,7 @@ class Method:
                 )
             else:
                 hidden = model.get_input_embeddings().weight.shape[-1]
-                noise = reasoning_noise(probes, hidden, p.noise_std, self.noise_generator())
+                noise = reasoning_noise(probes, hidden, p.noise_std, self.noise_generator(step))
                 imp, forwarded = gradient_importance(
                     model, probes, pad_id, noise, p.perturbation_batch_size
                 )
@@ -402,7 +466,8 @@ class Method:
                 if probe is not None:
                     todo.append((traj, float(a), probe))
         if todo:
-            importances = self.importance([pr for _, _, pr in todo])
+            step = self.step_of(groups) if p.importance == "gradient" else 0
+            importances = self.importance([pr for _, _, pr in todo], step)
             for (traj, a, probe), imp in zip(todo, importances, strict=True):
                 w = reshape_weights(imp, p.quantile, p.floor, p.ramp_beta, p.quantile_interpolation)
                 weights = completion_weights(len(traj.completion_ids), probe.span, w)

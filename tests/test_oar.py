@@ -3,6 +3,8 @@ computations on a tiny model, and OAR-P / OAR-G training runs with their ledger 
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -136,6 +138,35 @@ def test_reasoning_span_before_answer_or_before_the_answer_thought():
     thought_ends = thought_token_ends(ids, tok, task.segment)
     assert oar.reasoning_span(a0, thought_ends, "before_answer") == (0, 17)  # "A:" included
     assert oar.reasoning_span(a0, thought_ends, "before_answer_thought") == (0, 15)
+    # the answer line "A:36\n" starts at character (= token) 15
+    line = oar.line_start_token(ends, text, 17)
+    assert line == 15
+    assert oar.reasoning_span(a0, thought_ends, "before_answer_line", line) == (0, 15)
+
+
+def test_the_conclusion_line_starts_at_the_token_that_reaches_into_it():
+    """``OAR-main.py`` keeps the conclusion (``conclude`` + ``answer`` segments) out of the
+    perturbed reasoning. Tokens "12" "\nA" ":3" "6\n" (decoded ends 2, 4, 6, 8) of
+    "12\nA:36\n": the answer line starts at character 3, inside token 1 ("\nA"), so
+    token 1 is conclusion and the reasoning is token 0 alone."""
+    assert oar.line_start_token([2, 4, 6, 8], "12\nA:36\n", 5) == 1
+    assert oar.reasoning_span(3, [2, 4], "before_answer_line", 1) == (0, 1)
+    assert oar.reasoning_span(3, [2, 4], "before_answer") == (0, 3)  # "\nA" ":3" in it
+    # an answer on the first line: no reasoning at all
+    assert oar.line_start_token([1, 2, 3], "A:3", 2) == 0
+    # math: "x=4.\nSo \\boxed{4}" (one character per token): line 2 starts at 5
+    text = "x=4.\nSo \\boxed{4}"
+    c0 = text.index("{") + 1
+    assert oar.line_start_token(list(range(1, len(text) + 1)), text, c0) == 5
+
+
+def test_default_outcome_follows_the_official_functions():
+    """``OAR-main.py``: ``calculate_token_importance_gradient(..., pfinal_mode="answer_mean")``
+    and ``calculate_token_importance_perturbation(..., pfinal_mode='last')``."""
+    assert oar.Params(importance="gradient").outcome_mode == "mean"
+    assert oar.Params(importance="perturbation").outcome_mode == "last"
+    assert oar.Params(importance="gradient", outcome="last").outcome_mode == "last"
+    assert oar.Params(importance="perturbation").reasoning_span == "before_answer_line"
 
 
 def test_probe_ends_at_the_last_answer_predicting_position():
@@ -267,7 +298,8 @@ def test_gradient_noise_is_a_draw_of_the_given_generator(tiny):
 
 
 # ------------------------------------------------------------------ the method's credit
-def _chains_groups(tok):
+def _chains_groups(tok, step: int | None = 0):
+    """Groups as ``collect`` makes them at ``step`` (``None``: groups that do not say)."""
     task = ChainsTask(ChainsTaskConfig())
     problem = Problem(id="p", prompt="7+5*3\n", answer="36")
     prompt = tok(problem.prompt, add_special_tokens=False)["input_ids"]
@@ -284,18 +316,26 @@ def _chains_groups(tok):
             thought_ends=thought_token_ends(ids, tok, task.segment),
         )
 
-    mixed = Group([traj("7+5=12\n12*3=36\nA:36\n"), traj("7+5=13\n13*3=39\nA:39\n"), traj("7+")])
-    flat = Group([traj("7+5=11\nA:11\n"), traj("7+5=10\nA:10\n")])  # both wrong: A = 0
+    meta = {} if step is None else {"step": step}
+    mixed = Group(
+        [traj("7+5=12\n12*3=36\nA:36\n"), traj("7+5=13\n13*3=39\nA:39\n"), traj("7+")],
+        meta=dict(meta),
+    )
+    # both wrong: A = 0
+    flat = Group([traj("7+5=11\nA:11\n"), traj("7+5=10\nA:10\n")], meta=dict(meta))
     return task, len(prompt), mixed, flat
 
 
-def _method(model, tok, task, importance, seed=0):
+def _method(model, tok, task, importance, seed=0, **params):
     ctx = MethodContext(model, tok, None, task, Ledger(), None, seed)
-    return oar.Method(oar.Params(importance=importance), ctx)
+    return oar.Method(oar.Params(importance=importance, **params), ctx)
 
 
 @pytest.mark.parametrize("importance", ["perturbation", "gradient"])
 def test_advantages_multiply_group_norm_by_weights_and_skip_zero_variance_groups(tiny, importance):
+    """``OAR-main.py``: the reasoning tokens (here the two lines before "A:36\n", 15
+    tokens) are perturbed / noised and weighted; the conclusion "A:36\n" and EOS keep
+    ``w = 1`` (``compute_loss`` fills the weights after the reasoning with ones)."""
     model, tok = tiny
     task, n_prompt, mixed, flat = _chains_groups(tok)
     method = _method(model, tok, task, importance)
@@ -306,15 +346,19 @@ def test_advantages_multiply_group_norm_by_weights_and_skip_zero_variance_groups
     norm = group_normalise([1.0, 0.0, 0.0])
     for tr, a in zip(mixed.trajectories[:2], norm[:2], strict=True):
         adv = np.array(tr.advantages)
-        assert tr.meta["oar"]["span"] == (0, 17)
-        assert adv[:17].sum() == pytest.approx(17 * a, rel=1e-9)  # mass preserved
-        assert np.all(adv[17:] == pytest.approx(a))  # answer and EOS keep w = 1
-        assert len(set(np.round(adv[:17], 12))) > 2  # reshaped
+        assert tr.meta["oar"]["span"] == (0, 15)
+        assert len(tr.meta["oar"]["importance"]) == 15  # "A:" is not perturbed
+        assert adv[:15].sum() == pytest.approx(15 * a, rel=1e-9)  # mass preserved
+        assert np.all(adv[15:] == pytest.approx(a))  # "A:", answer, "\n" and EOS: w = 1
+        assert len(set(np.round(adv[:15], 12))) > 2  # reshaped
     assert mixed.trajectories[2].advantages == pytest.approx([norm[2]] * 3)  # no answer: w = 1
     assert all(tr.advantages == [0.0] * len(tr.completion_ids) for tr in flat.trajectories)
     assert all("oar" not in tr.meta for tr in flat.trajectories)  # skipped, not computed
-    probe_len = n_prompt + 17  # prompt + completion before the first answer token
-    per_probe = (1 + 17) * probe_len if importance == "perturbation" else 2 * probe_len
+    # OAR-P ("last"): prompt + the 17 completion tokens before the first answer token, and
+    # one perturbed copy per reasoning token; OAR-G ("mean", answer "36" = tokens 17, 18):
+    # prompt + 18 tokens (up to the last answer-predicting position), clean + noisy
+    perturbed = (1 + 15) * (n_prompt + 17)
+    per_probe = perturbed if importance == "perturbation" else 2 * (n_prompt + 18)
     assert method.ctx.ledger.forwarded == {importance: 2 * per_probe}
     assert all(p.grad is None for p in model.parameters())
 
@@ -325,22 +369,71 @@ def test_oar_g_noise_is_a_function_of_run_seed_and_step(tiny):
 
     def first_draw(seed, step):
         method = _method(model, tok, task, "gradient", seed)
-        method.step = step
-        return torch.randn(4, generator=method.noise_generator())
+        return torch.randn(4, generator=method.noise_generator(step))
 
     assert torch.equal(first_draw(0, 3), first_draw(0, 3))
     assert not torch.equal(first_draw(0, 3), first_draw(0, 4))
     assert not torch.equal(first_draw(0, 3), first_draw(1, 3))
+    # the seed is the run's private step RNG: random.Random("oar-noise-<seed>-<step>")
+    by_hand = random.Random("oar-noise-0-3").getrandbits(63)
+    assert torch.equal(
+        first_draw(0, 3), torch.randn(4, generator=torch.Generator().manual_seed(by_hand))
+    )
 
-    def weights(step):
-        method = _method(model, tok, task, "gradient")
-        method.step = step
+
+class _Rollouts(MethodContext):
+    """A context whose rollouts are fixed groups of trajectories (no sampler)."""
+
+    def __init__(self, *args, groups, **kw):
+        super().__init__(*args, **kw)
+        self.groups = groups
+
+    def rollout(self, problems, n, purpose, prefixes=None, **sampling):
+        return [list(g.trajectories) for g in self.groups]
+
+
+def test_oar_g_noise_comes_from_the_step_the_groups_were_collected_at(tiny):
+    """OAR-G's weights depend on the step passed to ``collect`` (recorded in the groups),
+    not on which instance collected them: a fresh method's ``advantages`` on groups
+    collected at step 2 gives the same weights, and another step other weights."""
+    model, tok = tiny
+    task = ChainsTask(ChainsTaskConfig())
+    run = small_config().run("grpo")
+
+    def collected(step):
         _, _, mixed, _ = _chains_groups(tok)
-        method.advantages([mixed])
-        return mixed.trajectories[0].advantages
+        ctx = _Rollouts(model, tok, None, task, Ledger(), run, 0, groups=[mixed])
+        groups = oar.Method(oar.Params(importance="gradient"), ctx).collect([None], step)
+        assert [g.meta["step"] for g in groups] == [step]
+        return groups
 
-    assert weights(2) == weights(2)
-    assert weights(2) != weights(5)
+    def weights(groups):
+        method = _method(model, tok, task, "gradient")  # a fresh instance: no state
+        method.advantages(groups)
+        return groups[0].trajectories[0].advantages
+
+    assert weights(collected(2)) == weights(collected(2))
+    assert weights(collected(2)) != weights(collected(5))
+    # the same noise drawn by hand from the step's generator gives the same weights
+    method = _method(model, tok, task, "gradient")
+    groups = collected(2)
+    traj = groups[0].trajectories[0]
+    probe = method.probe(traj)
+    noise = oar.reasoning_noise(
+        [probe],
+        16,
+        1e-3,
+        torch.Generator().manual_seed(random.Random("oar-noise-0-2").getrandbits(63)),
+    )
+    (imp,), _ = oar.gradient_importance(model, [probe], tok.pad_token_id, noise, 8)
+    a = group_normalise(groups[0].rewards)[0]
+    w = oar.completion_weights(len(traj.completion_ids), probe.span, oar.reshape_weights(imp))
+    assert weights(groups) == pytest.approx([a * x for x in w], rel=1e-9)
+    # groups that do not say their step are refused by OAR-G (perturbation needs none)
+    _, _, mixed, _ = _chains_groups(tok, step=None)
+    with pytest.raises(ValueError, match=r"meta\['step'\]"):
+        _method(model, tok, task, "gradient").advantages([mixed])
+    _method(model, tok, task, "perturbation").advantages([mixed])
 
 
 # ----------------------------------------------------------------------- integration
@@ -392,12 +485,21 @@ def test_oar_trains_two_steps_and_charges_importance_tokens(
             if a == 0 or span is None or span[0] == 0:
                 assert tr.advantages == pytest.approx([a] * len(tr.completion_ids))
                 continue
-            a0, length = span[0], len(tr.prompt_ids) + span[0]
-            expected += (1 + a0) * length if importance == "perturbation" else 2 * length
+            # character tokens: the reasoning is every character before the answer's line
+            # (the conclusion "A:<n>" keeps w = 1); OAR-P reads P_final before the first
+            # answer token, OAR-G ("mean") up to the last answer-predicting position
+            n_reason = tr.text.rfind("\n", 0, span[0]) + 1
+            if n_reason == 0:
+                assert tr.advantages == pytest.approx([a] * len(tr.completion_ids))
+                continue
+            if importance == "perturbation":
+                expected += (1 + n_reason) * (len(tr.prompt_ids) + span[0])
+            else:
+                expected += 2 * (len(tr.prompt_ids) + span[1] - 1)
             reshaped += 1
             adv = np.array(tr.advantages)
-            assert adv[:a0].sum() == pytest.approx(a0 * a, rel=1e-6)
-            assert np.all(adv[a0:] == pytest.approx(a, rel=1e-6))
+            assert adv[:n_reason].sum() == pytest.approx(n_reason * a, rel=1e-6)
+            assert np.all(adv[n_reason:] == pytest.approx(a, rel=1e-6))
     assert reshaped >= len(rollouts) // 2, "too few completions were reshaped to check"
     assert ledger["forwarded_tokens"][purpose] == expected
     assert ledger["seconds"][purpose] > 0
