@@ -174,3 +174,74 @@ def test_grpo_raises_the_reward_on_a_fixed_prompt_pool(small_experiment, tmp_pat
     ]
     first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
     assert last > first + 0.1, (first, last)
+
+
+def test_srpo_unclipped_loss_is_minus_a_mean_logprob_in_every_minibatch(
+    small_experiment, tmp_path, monkeypatch
+):
+    """SRPO ``training/srpo_loss.py::compute_policy_loss_srpo`` computes
+    ``-(adv * mean_t log_prob).mean()`` in every minibatch (``config/srpo_math500.yaml``:
+    4 minibatches of 8 prompts per batch) and never reads ``old_log_prob``. With
+    ``train.minibatches: 4`` each minibatch's loss is that, on the current weights, and
+    not the ratio form ``-A * mean_t pi / pi_old``; no behaviour log-probs are computed."""
+    import copy
+
+    from conftest import small_config
+
+    from creditbench import train as train_module
+    from creditbench.loss import completion_logprobs
+    from creditbench.rollouts import Batch, Trajectory
+
+    cfg = small_config(runs={"srpo": {"method": "srpo", "train": {"minibatches": 4}}})
+    run = cfg.run("srpo")
+    assert (run.loss.clip, run.loss.unclipped_objective, run.loss.aggregation) == (
+        False,
+        "logprob",
+        "grpo",
+    )
+    t = Trainer(run, 0, small_experiment["base"], small_experiment["data"], tmp_path / "s")
+    g = torch.Generator().manual_seed(0)
+    tok = t.tokenizer
+    vocab = [i for i in range(len(tok)) if i not in tok.all_special_ids]
+    trajs = []
+    for i, problem in enumerate(t.train_problems[:8]):
+        n = int(torch.randint(4, 16, (1,), generator=g))
+        ids = [vocab[int(j)] for j in torch.randint(len(vocab), (n,), generator=g)]
+        traj = Trajectory(
+            problem,
+            t.sampler.encode_prompt(problem.prompt),
+            ids,
+            tok.decode(ids),
+            float(i % 2),
+            "rollout",
+            [n],
+        )
+        mask = [0.0] * (i % 3) + [1.0] * (n - i % 3)  # suffix-only rows, as SRPO's resets
+        trajs.append(traj.set_credit([1.5, -0.5, 1.0, -2.0][i % 4], mask))
+    initial = copy.deepcopy(t.model).eval()
+    records = []
+    real = train_module.batch_loss
+
+    def recording(lp, part, loss_cfg, n_items=None, n_seq=None):
+        loss, st = real(lp, part, loss_cfg, n_items, n_seq)
+        with torch.no_grad():
+            args = (part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask)
+            now = completion_logprobs(t.model, *args).double()
+            old = completion_logprobs(initial, *args).double()
+        records.append((loss.item(), now, old, part, n_seq))
+        return loss, st
+
+    monkeypatch.setattr(train_module, "batch_loss", recording)
+    t.update(Batch.from_trajectories(trajs, tok.pad_token_id))
+    assert len(records) == 4  # one micro-batch per minibatch
+    assert "old_logprobs" not in t.ledger.forwarded  # never computed
+    for k, (loss, now, old, part, n_seq) in enumerate(records):
+        m = (part.loss_mask * part.completion_mask).double()
+        adv = part.advantages[:, 0].double()
+        assert n_seq == len(part) == 2
+        by_hand = -(adv * (now * m).sum(-1) / m.sum(-1)).sum() / n_seq
+        assert loss == pytest.approx(by_hand.item(), abs=1e-5)
+        ratio_form = -(adv * (torch.exp(now - old) * m).sum(-1) / m.sum(-1)).sum() / n_seq
+        assert abs(loss - ratio_form.item()) > 0.1
+        if k > 0:  # later minibatches see updated weights: pi differs from pi_old
+            assert (now - old).abs().max() > 1e-6
