@@ -136,6 +136,13 @@ class MathTaskConfig(Strict):
     merged). ``max_thoughts``: the thought cap (later text joins the last thought);
     default 20 for ``stop`` (SRPO), none otherwise. ``suite``: the name of the local
     evaluation suite on the test split.
+    With ``segmenter: stop`` chains are generated thought by thought, as SRPO's agent
+    loop generates them (``creditbench.thoughts``): a thought ends at ``stop_pattern`` or
+    after ``max_thought_tokens`` tokens (SRPO code: 256), a thought starts only while a
+    whole one still fits the response length, and the chain ends after ``max_thoughts``
+    thoughts or after the thought that contains ``answer_marker`` (``\\boxed{``).
+    ``stop_strings``: extra strings that end any rollout (VinePPO's SFT checkpoints stop
+    at ``"\\n\\n\\nProblem:"``, kept in the output).
     ``chat_template``: wrap prompts in the tokenizer's chat template (instruct models);
     false gives the prompt text as is, for SFT checkpoints trained on plain prompts
     (VinePPO's). ``completion_answer``: where a completion states its answer: its last
@@ -151,6 +158,9 @@ class MathTaskConfig(Strict):
     segmenter: Literal["stop", "lines", "sentences"] = "stop"
     stop_pattern: Annotated[str, Field(min_length=1)] = "</thought>"
     max_thoughts: PositiveInt | None = None
+    max_thought_tokens: PositiveInt | None = 256
+    answer_marker: str | None = "\\boxed{"
+    stop_strings: list[Annotated[str, Field(min_length=1)]] = []
     min_thought_chars: NonNegInt = 20
     chat_template: bool = True
     completion_answer: Literal["boxed", "gsm8k"] = "boxed"
@@ -369,8 +379,7 @@ class WarmStartConfig(Strict):
 class SamplingConfig(Strict):
     temperature: PositiveFloat = 1.0
     top_p: Probability = 1.0
-    max_new_tokens: PositiveInt = 96
-    max_thoughts: PositiveInt = 20
+    max_new_tokens: PositiveInt = 96  # the response length (a suffix: prefix + suffix)
     batch_size: PositiveInt = 256
 
 

@@ -105,17 +105,36 @@ class MethodContext:
         n: int,
         purpose: str,
         prefixes: list[list[int]] | None = None,
+        prefix_thought_ends: list[list[int]] | None = None,
         **sampling,
     ) -> list[list[Trajectory]]:
         """Sample ``n`` completions for each problem (continuing each given prefix of ids).
 
         Returns one list of ``n`` scored trajectories per problem. A prefix is part of
-        the completion (``prefix_len`` marks it) and is never re-tokenised.
+        the completion (``prefix_len`` marks it) and is never re-tokenised; it ends at a
+        thought boundary, and its thoughts (``prefix_thought_ends``, else found by the
+        task's segmenter) count toward the task's thought cap. The response length
+        (``sampling.max_new_tokens``, or ``max_new_tokens`` given here) bounds prefix and
+        continuation together, as SRPO's agent loop bounds a suffix. Generation follows
+        the task's thought rules; the thought boundaries are the generation's where it
+        reports them, else the segmenter's.
         """
         prefixes = prefixes or [[] for _ in problems]
+        if prefix_thought_ends is None:
+            prefix_thought_ends = [
+                thought_token_ends(px, self.tokenizer, self.task.segment) if px else []
+                for px in prefixes
+            ]
         prompts = [self.prompt_ids(p) for p in problems]
-        contexts = [pr + px for pr, px in zip(prompts, prefixes, strict=True) for _ in range(n)]
-        gens = self.sampler.generate(contexts, purpose=purpose, **sampling)
+        length = sampling.pop("max_new_tokens", None) or self.sampler.cfg.max_new_tokens
+        gens = self.sampler.generate(
+            [pr + px for pr, px in zip(prompts, prefixes, strict=True)],
+            purpose=purpose,
+            n=n,
+            max_new_tokens=[max(length - len(px), 0) for px in prefixes],
+            thoughts_done=[len(e) for e in prefix_thought_ends],
+            **sampling,
+        )
         out = []
         for k, (problem, prompt, prefix) in enumerate(
             zip(problems, prompts, prefixes, strict=True)
@@ -124,6 +143,10 @@ class MethodContext:
             for g in gens[k * n : (k + 1) * n]:
                 ids = list(prefix) + g.ids
                 text = self.sampler.decode(ids)
+                if g.thought_ends is not None:
+                    ends = list(prefix_thought_ends[k]) + [len(prefix) + e for e in g.thought_ends]
+                else:
+                    ends = thought_token_ends(ids, self.tokenizer, self.task.segment)
                 group.append(
                     Trajectory(
                         problem=problem,
@@ -132,7 +155,7 @@ class MethodContext:
                         text=text,
                         reward=self.score(problem, text, g.stop),
                         purpose=purpose,
-                        thought_ends=thought_token_ends(ids, self.tokenizer, self.task.segment),
+                        thought_ends=ends,
                         prefix_len=len(prefix),
                         stop=g.stop,
                     )

@@ -9,11 +9,20 @@ and runs each context's prefill once per batch, expanding its KV cache to the K 
 (what vLLM's prefix caching does for identical requests). The outputs are those of
 ``generate`` on each context repeated K times; the ledger charges the shared prefill
 once.
+
+Thought-level generation: a task with a stop pattern (``task.thought_rules``, see
+``creditbench.thoughts``) has its chains generated thought by thought, as SRPO's agent
+loop does, by per-row stop rules inside the same batched decode: a thought ends at the
+delimiter or at its token cap, and a row ends after the thought cap, after the thought
+with the answer marker, or when a whole thought no longer fits its budget. The thought
+boundaries come back with each generation. Each row has its own token budget and its own
+count of thoughts already in its context (a continuation from a reset state).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +32,7 @@ from creditbench import faults
 from creditbench.config import SamplingConfig
 from creditbench.ledger import Ledger
 from creditbench.tasks import chat_messages
+from creditbench.thoughts import LENGTH, ThoughtRules, ThoughtTracker
 
 
 @dataclass
@@ -30,26 +40,32 @@ class Generation:
     context_ids: list[int]
     ids: list[int]  # generated tokens, the stop token or pattern included
     text: str  # decoded ids, special tokens removed
-    stop: str  # "eos", "pattern" or "length"
+    stop: str  # "eos", "pattern", "length"; with thought rules also "answer", "thoughts"
     logprobs: list[float] | None = None  # log pi(token) under the raw model distribution (T = 1)
+    thought_ends: list[int] | None = None  # with thought rules: exclusive ends in ``ids``
 
 
-class StopOnStrings(StoppingCriteria):
-    """Stop a row once its *generated* text contains a stop string.
+class TrackStops(StoppingCriteria):
+    """Feeds every row's new token to a ``ThoughtTracker`` and stops the rows it ends.
 
-    Only tokens after ``context_width`` are decoded, so a pattern that started in the
-    context never matches, and any tokenizer (character-level included) works.
+    ``rows[i]`` is the tracker row of batch row i; only tokens after ``width`` (the
+    padded context) are generated, so a pattern that started in the context never
+    matches.
     """
 
-    def __init__(self, tokenizer, stops: list[str], context_width: int):
-        self.tokenizer, self.stops, self.width = tokenizer, stops, context_width
-        self.tail = max(len(s) for s in stops)  # every token decodes to >= 1 character
+    def __init__(self, tracker: ThoughtTracker, rows: list[int], width: int):
+        self.tracker, self.rows, self.width = tracker, rows, width
+        self.ids: torch.Tensor | None = None
+
+    def text(self, batch_row: int, start: int, end: int, tokenizer) -> str:
+        ids = self.ids[batch_row, self.width + start : self.width + end]
+        return tokenizer.decode(ids, skip_special_tokens=True)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        new = input_ids[:, self.width :][:, -self.tail :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        hit = [any(s in t for s in self.stops) for t in texts]
-        return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
+        self.ids = input_ids
+        last = input_ids[:, -1].tolist()
+        done = [self.tracker.push(r, last[i]) for i, r in enumerate(self.rows)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class Sampler:
@@ -61,6 +77,8 @@ class Sampler:
         ledger: Ledger | None = None,
         system_prompt: str | None = None,
         chat_template: bool = True,
+        thought_rules: ThoughtRules | None = None,
+        stop_strings: list[str] = (),
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -68,11 +86,15 @@ class Sampler:
         self.ledger = ledger if ledger is not None else Ledger()
         self.system_prompt = system_prompt  # the task's, before every user turn
         self.chat_template = chat_template  # false: the prompt text as is (SFT checkpoints)
+        self.thought_rules: ThoughtRules | None = thought_rules  # the task's, by default
+        self.stop_strings: list[str] = list(stop_strings)  # the task's extra stop strings
 
     @classmethod
     def for_task(cls, model, tokenizer, cfg: SamplingConfig, task, ledger: Ledger | None = None):
-        """A sampler that prompts as ``task`` asks: its system prompt, and the chat template
-        unless the task turns it off (``chat_template: false``, SFT checkpoints)."""
+        """A sampler that prompts and stops as ``task`` asks: its system prompt, the chat
+        template unless the task turns it off (``chat_template: false``, SFT checkpoints),
+        its thought rules (``task.thought_rules``) and its extra stop strings
+        (``task.stop_strings``), which every generation applies unless told otherwise."""
         return cls(
             model,
             tokenizer,
@@ -80,14 +102,21 @@ class Sampler:
             ledger,
             system_prompt=getattr(task, "system_prompt", None),
             chat_template=getattr(task.cfg, "chat_template", True),
+            thought_rules=getattr(task, "thought_rules", None),
+            stop_strings=list(getattr(task, "stop_strings", ()) or ()),
         )
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode_prompt(self, text: str) -> list[int]:
-        """Prompt ids through the chat template, as every policy call sees its prompt."""
-        if not self.chat_template:
+    def encode_prompt(self, text: str, chat: bool | None = None) -> list[int]:
+        """Prompt ids as every policy call sees its prompt: through the chat template, or
+        the text as is with the tokenizer's special tokens (``chat_template: false``).
+        ``chat`` overrides the task's setting for one call (SRPO localises through the
+        chat template whatever the chains use); a tokenizer without a chat template
+        always takes the text as is."""
+        chat = self.chat_template if chat is None else chat
+        if not chat or not getattr(self.tokenizer, "chat_template", None):
             return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         ids = self.tokenizer.apply_chat_template(
             chat_messages(text, self.system_prompt), tokenize=True, add_generation_prompt=True
@@ -106,36 +135,58 @@ class Sampler:
         *,
         purpose: str,
         stop: list[str] | None = None,
-        max_new_tokens: int | None = None,
+        max_new_tokens: int | list[int] | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         logprobs: bool = False,
         n: int = 1,
+        thoughts: ThoughtRules | Literal["task"] | None = "task",
+        thoughts_done: list[int] | None = None,
     ) -> list[Generation]:
         """Sample ``n`` continuations per context, context by context (context 0's ``n`` first).
 
         ``stop``: strings that end a generation (kept in the output), besides EOS.
-        ``temperature`` 0 decodes greedily.
-        ``n`` > 1 shares each context's prefill across its ``n`` rows of a batch (KV cache
-        computed once, then expanded); the result is that of passing each context ``n``
-        times in a row, and the ledger charges the shared prefill once.
+        ``max_new_tokens``: one budget, or one per context (a continuation from a prefix
+        gets what the prefix leaves). ``temperature`` 0 decodes greedily.
+        ``thoughts``: ``"task"`` (default) applies the task's thought rules and extra stop
+        strings (chains and suffixes: every method generates thought by thought where
+        the task has a stop pattern); explicit ``ThoughtRules``; or None, a free run
+        that stops only at EOS, ``stop`` and the budget (prompted side calls such as
+        localisation and revision). ``thoughts_done``: per context, the thoughts its
+        prefix already holds (they count toward the thought cap).
+        Contexts that repeat in a batch (``n`` > 1, or the same prompt given twice) share
+        their prefill (KV cache computed once, then expanded); the result is that of
+        passing them one by one, and the ledger charges the shared prefill once.
         """
         if n < 1:
             raise ValueError(f"n (continuations per context) must be >= 1, got {n}")
-        rows = [c for c in contexts for _ in range(n)]
+        budget = self.cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+        budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * len(contexts)
+        done = list(thoughts_done) if thoughts_done is not None else [0] * len(contexts)
+        if len(budgets) != len(contexts) or len(done) != len(contexts):
+            raise ValueError(
+                f"{len(contexts)} contexts, {len(budgets)} budgets, {len(done)} thought counts"
+            )
+        rules = self.thought_rules if thoughts == "task" else thoughts
+        stops = list(stop or []) + (self.stop_strings if thoughts == "task" else [])
+        rows = [
+            (c, b, d) for c, b, d in zip(contexts, budgets, done, strict=True) for _ in range(n)
+        ]
         out: list[Generation] = []
         forwarded = 0
         bs = self.cfg.batch_size
         with self.ledger.phase("generate"):
             for i in range(0, len(rows), bs):
+                chunk = rows[i : i + bs]
                 gens, prefill = self._generate_batch(
-                    rows[i : i + bs],
-                    stop or [],
-                    max_new_tokens or self.cfg.max_new_tokens,
+                    [c for c, _, _ in chunk],
+                    stops,
+                    [b for _, b, _ in chunk],
                     self.cfg.temperature if temperature is None else temperature,
                     self.cfg.top_p if top_p is None else top_p,
                     logprobs,
-                    share_prefill=n > 1,
+                    rules=rules,
+                    thoughts_done=[d for _, _, d in chunk],
                 )
                 out.extend(gens)
                 forwarded += prefill + sum(len(g.ids) for g in gens)
@@ -196,91 +247,107 @@ class Sampler:
         self,
         contexts,
         stop,
-        max_new_tokens,
+        budgets,
         temperature,
         top_p,
         want_logprobs,
-        share_prefill: bool = False,
+        rules: ThoughtRules | None = None,
+        thoughts_done: list[int] | None = None,
     ) -> tuple[list[Generation], int]:
-        """One padded batch; returns its generations and the context tokens it forwarded."""
+        """One padded batch; returns its generations and the context tokens it forwarded.
+
+        Every row's stops (EOS, stop strings, its budget, the thought rules) are applied
+        by a ``ThoughtTracker`` as tokens arrive; a row that may not start at all (no
+        budget or no thought left) is not decoded and comes back empty.
+        """
         tok, model = self.tokenizer, self.model
-        device = next(model.parameters()).device
-        pad = tok.pad_token_id
-        width = max(len(c) for c in contexts)
-        input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(contexts), width), dtype=torch.long)
-        for row, ctx in enumerate(contexts):  # left padding
-            input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-            attention[row, width - len(ctx) :] = 1
         stop_ids, stop_strings = self._stop_ids_and_strings(stop)
-        greedy = temperature == 0
-        # Every sampling knob is explicit: transformers otherwise fills unset ones from the
-        # model's generation_config.json (a hub model's top_k, say), which would silently
-        # sample from a different distribution than the run's config says.
-        gen_cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else temperature,
-            top_p=None if greedy else top_p,
-            top_k=None if greedy else 0,
-            min_p=None,
-            repetition_penalty=1.0,
-            eos_token_id=stop_ids,
-            pad_token_id=pad,
-            suppress_tokens=self._never_sampled() or None,
-            return_dict_in_generate=True,
-            output_logits=want_logprobs,
+        delimiter_id = None
+        if rules is not None:
+            enc = self.encode(rules.delimiter)
+            delimiter_id = enc[0] if len(enc) == 1 else None
+        holder: dict[str, TrackStops] = {}
+
+        def decode(row: int, start: int, end: int) -> str:  # row's generated ids [start, end)
+            return holder["crit"].text(active_pos[row], start, end, tok)
+
+        tracker = ThoughtTracker(
+            budgets,
+            decode,
+            rules=rules,
+            thoughts_done=thoughts_done,
+            stop_ids=set(stop_ids),
+            eos_id=tok.eos_token_id,
+            stop_strings=stop_strings,
+            delimiter_id=delimiter_id,
         )
-        was_training = model.training
-        model.eval()
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        cache, prefilled = None, sum(len(c) for c in contexts)
-        if share_prefill:
-            cache, prefilled = self._shared_prefill(input_ids, attention, contexts)
-        res = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            generation_config=gen_cfg,
-            **({"past_key_values": cache} if cache is not None else {}),
-            stopping_criteria=StoppingCriteriaList(
-                [StopOnStrings(tok, stop_strings, width)] if stop_strings else []
-            ),
-        )
-        model.train(was_training)
-        new = res.sequences[:, width:].cpu()
+        active = [r for r in range(len(contexts)) if not tracker.done[r]]
+        active_pos = {r: i for i, r in enumerate(active)}
+        new = None
         lp = None
-        if want_logprobs:
-            logits = torch.stack(res.logits, dim=1).float().cpu()  # [B, T, V], raw (pre-warping)
-            lp = F.log_softmax(logits, dim=-1).gather(-1, new[:, : logits.size(1), None])[..., 0]
-        eos = tok.eos_token_id
+        prefilled = 0
+        if active:
+            ctxs = [contexts[r] for r in active]
+            device = next(model.parameters()).device
+            pad = tok.pad_token_id
+            width = max(len(c) for c in ctxs)
+            input_ids = torch.full((len(ctxs), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(ctxs), width), dtype=torch.long)
+            for row, ctx in enumerate(ctxs):  # left padding
+                input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
+                attention[row, width - len(ctx) :] = 1
+            greedy = temperature == 0
+            # Every sampling knob is explicit: transformers otherwise fills unset ones from
+            # the model's generation_config.json (a hub model's top_k, say), which would
+            # silently sample from a different distribution than the run's config says.
+            gen_cfg = GenerationConfig(
+                max_new_tokens=max(budgets[r] for r in active),
+                do_sample=not greedy,
+                temperature=None if greedy else temperature,
+                top_p=None if greedy else top_p,
+                top_k=None if greedy else 0,
+                min_p=None,
+                repetition_penalty=1.0,
+                eos_token_id=stop_ids,
+                pad_token_id=pad,
+                suppress_tokens=self._never_sampled() or None,
+                return_dict_in_generate=True,
+                output_logits=want_logprobs,
+            )
+            holder["crit"] = TrackStops(tracker, active, width)
+            was_training = model.training
+            model.eval()
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            cache, prefilled = self._shared_prefill(input_ids, attention, ctxs)
+            res = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                generation_config=gen_cfg,
+                **({"past_key_values": cache} if cache is not None else {}),
+                stopping_criteria=StoppingCriteriaList([holder["crit"]]),
+            )
+            model.train(was_training)
+            new = res.sequences[:, width:].cpu()
+            if want_logprobs:
+                logits = torch.stack(res.logits, dim=1).float().cpu()  # [B, T, V], raw
+                lp = F.log_softmax(logits, dim=-1).gather(-1, new[:, : logits.size(1), None])
+                lp = lp[..., 0]
         out = []
-        for row, ctx in enumerate(contexts):
-            ids = new[row].tolist()
-            # generate pads a finished row; cut at its first stop token or stop string
-            cut = next((j for j, t in enumerate(ids) if t in stop_ids), None)
-            head = ids if cut is None else ids[:cut]
-            reason = "length"
-            if stop_strings:
-                text = self.decode(head)
-                ends = [text.find(s) + len(s) for s in stop_strings if s in text]
-                if ends:
-                    ids, reason = self._cut_after(head, min(ends)), "pattern"
-            if reason == "length" and cut is not None:
-                ids, reason = ids[: cut + 1], "eos" if ids[cut] == eos else "pattern"
+        for r, ctx in enumerate(contexts):
+            n = tracker.length[r]
+            ids = new[active_pos[r], :n].tolist() if r in active_pos else []
             out.append(
                 Generation(
                     context_ids=list(ctx),
                     ids=ids,
                     text=self.decode(ids),
-                    stop=reason,
-                    logprobs=lp[row, : len(ids)].tolist() if lp is not None else None,
+                    stop=tracker.reason[r] or LENGTH,
+                    logprobs=(
+                        lp[active_pos[r], :n].tolist()
+                        if lp is not None and r in active_pos
+                        else ([] if want_logprobs else None)
+                    ),
+                    thought_ends=list(tracker.ends[r]) if rules is not None else None,
                 )
             )
         return out, prefilled
-
-    def _cut_after(self, ids: list[int], n_chars: int) -> list[int]:
-        """The shortest token prefix whose decoding has at least ``n_chars`` characters."""
-        for j in range(1, len(ids) + 1):
-            if len(self.decode(ids[:j])) >= n_chars:
-                return ids[:j]
-        return ids

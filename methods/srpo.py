@@ -15,26 +15,40 @@ B = N - S*C base chains (N = 8: 1x4 -> B 4, 2x4 -> B 0, 1x8 -> B 0).
    only to pick reset states and are not trained on.
 2. Reset thought h in {1..n} of each seed (n = its thoughts), by ``reset``:
    ``self`` (SRPO): the policy localises the first wrong thought of its own failed chain
-   (``task.localisation_prompt`` through the chat template; temperature 0.3, or 0 for
-   1x8); h clamped to [1, n]; a parse failure gives h = 1.
-   ``random`` (RRPO): h ~ Uniform{1..n}.
+   (``task.localisation_prompt`` through the chat template, ``localisation_chat_template``;
+   temperature 0.3, or 0 for 1x8; up to ``localisation_max_new_tokens`` = 4096 new tokens,
+   bounded by the model's context; no stop strings); h clamped to [1, n]; a parse failure
+   gives h = 1 (the task's ``parse_localisation`` follows the code's parser).
+   ``random`` (RRPO): h ~ Uniform{1..n}, drawn from the step's own RNG (``ctx.step_rng``;
+   the code draws from Python's global ``random``).
    ``oracle`` [choice, beyond the paper]: h = ``task.first_error`` (the step oracle, the
    paper's CPI-CARO analogue), clamped to [1, n]; an oracle that finds no wrong thought
    in a failed chain (e.g. one cut by the length limit) gives h = 1, as a parse failure.
 3. Reset state x* = (x0, y_1 .. y_{h-1}) in token ids (h = 1: resample from the prompt);
-   C suffixes are sampled from x*. The prefix is part of each suffix chain's completion.
+   C suffixes are sampled from x*, thought by thought as every chain is. The prefix is
+   part of each suffix chain's completion, and the suffix gets only what the prefix
+   leaves (``thought_agent_loop.py::_generate_thoughts_core`` continuing a prefix): at
+   most ``max_thoughts - (h - 1)`` thoughts, and prefix + suffix within the response
+   length (``sampling.max_new_tokens``).
 4. Groups: the B base chains form one group, each seed's C suffixes another; advantages
    are ``norm`` within each group (SRPO code: population std, no eps, and the whole group
    gets 0 when its std < 1e-8).
 5. Mask: base chains train on every completion token, suffix chains only on the suffix
    (``mask_prefix``; False is the paper's no-mask ablation).
-6. Loss (the engine's, ``DEFAULTS``): unclipped, on-policy, per-sequence token mean then
-   buffer mean, i.e. L = -(1/|buffer|) sum_i A_i mean_{t in m_i} log pi(y_t), no KL. The
+6. Loss (the engine's, ``DEFAULTS``): unclipped, per-sequence token mean then buffer
+   mean, i.e. L = -(1/|buffer|) sum_i A_i mean_{t in m_i} log pi(y_t), no KL, and this
+   log-prob form in every minibatch (``unclipped_objective: logprob``; ``srpo_loss.py``),
+   never a ratio to the sampling policy, however many minibatches a batch has. The
    clipped variant is ``loss: {clip: true, aggregation: dapo}`` (PPO clip 0.2, token mean;
    verl's dual clip is not in the engine).
 7. Fallback: a prompt with fewer than S seeds after ``max_attempts`` draws becomes one
-   GRPO group of N fresh chains: its first N draws (in draw order; the SRPO code reuses
-   the chains it already sampled), topped up with new draws if fewer were made.
+   GRPO group of N chains, built as the code builds it (``fallback: code``):
+   with a base group (1x4, ``srpo_agent_loop.py``) the B base chains found (the first
+   B draws) plus N - B new draws; without one and several seeds (2x4,
+   ``srpo_2x4_agent_loop.py``) the non-seed draws in draw order, then the failed seeds
+   found, topped up with new draws, the first N; with one seed (1x8,
+   ``srpo_1x8_agent_loop.py``) the first N draws, topped up. ``fallback: draw_order``
+   takes the first N draws for every split. Fallback chains train on every token.
 
 Batching: all prompts search together in rounds. In each round a prompt that is not done
 draws as many chains as it has empty slots, (B - base) + (S - seeds), capped by the
@@ -62,7 +76,6 @@ can be pooled. They never change what is sampled or trained.
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,8 +99,12 @@ class Params(BaseModel):
     reset: Literal["self", "random", "oracle"] = "self"  # SRPO / RRPO / step oracle
     mask_prefix: bool = True  # False: the no-mask ablation (suffix chains train on all)
     max_attempts: int = Field(12, ge=1)  # fresh draws per prompt in the seed search
+    fallback: Literal["code", "draw_order"] = "code"  # no-seed buffer (7., per split)
     localisation_temperature: float | None = Field(None, ge=0)  # None: per split, above
-    localisation_max_new_tokens: int | None = Field(None, gt=0)  # None: sampling's
+    # SRPO code: 4096 new tokens for the localisation call (bounded by the model's context)
+    localisation_max_new_tokens: int = Field(4096, gt=0)
+    # the code localises through the chat template whatever the chains use
+    localisation_chat_template: bool = True
     # SRPO code: population std, no eps, zero advantages when the group's std < 1e-8.
     std: Literal["unbiased", "population", "none"] = "population"
     eps: float = Field(0.0, ge=0)
@@ -174,11 +191,30 @@ def seed_search(
                     s.surplus.append(chain)
 
 
-def fallback_chains(search: SeedSearch, group_size: int) -> tuple[list, list, int]:
-    """7. No seed found: ``(kept, surplus, missing)``: the first N draws form the GRPO
-    group, the rest are surplus, and ``missing`` fresh chains top it up to N."""
-    kept = search.draws[:group_size]
-    return kept, search.draws[group_size:], group_size - len(kept)
+def fallback_chains(
+    search: SeedSearch, group_size: int, n_base: int, n_seeds: int, rule: str = "code"
+) -> tuple[list, list, int]:
+    """7. No seed found: ``(kept, dropped, missing)``: the chains kept for the GRPO group
+    (in order), the draws dropped, and how many new draws top the group up to N.
+
+    ``code`` follows the official loops: with a base group (1x4) the base chains found
+    plus new draws; without one and several seeds (2x4) the non-seed draws, then the
+    seeds found, the first N; with one seed (1x8) the first N draws. ``draw_order``: the
+    first N draws for every split.
+    """
+    if rule == "draw_order" or (n_base == 0 and n_seeds == 1):
+        order = list(search.draws)
+    elif n_base > 0:
+        order = list(search.base)
+    elif rule == "code":
+        seeds = {id(t) for t in search.seeds}
+        order = [t for t in search.draws if id(t) not in seeds] + list(search.seeds)
+    else:
+        raise ValueError(f"unknown fallback rule {rule!r}; expected code or draw_order")
+    kept = order[:group_size]
+    ids = {id(t) for t in kept}
+    dropped = [t for t in search.draws if id(t) not in ids]
+    return kept, dropped, group_size - len(kept)
 
 
 # --------------------------------------------------------- 2. reset thought
@@ -342,14 +378,16 @@ class Method:
         )
         found = [len(s.seeds) == self.S for s in searches]
 
-        # 7. fallback: the first N draws, topped up with fresh rollouts if fewer were drawn
+        # 7. fallback: the code's GRPO group per split, topped up with fresh rollouts
         fallback: dict[int, list[Trajectory]] = {}
         top_up = [0] * len(problems)
         for k, s in enumerate(searches):
             if found[k]:
                 self._recharge(s.base, "seed", "rollout")  # base chains are rollouts
             else:
-                fallback[k], _, top_up[k] = fallback_chains(s, self.N)
+                fallback[k], _, top_up[k] = fallback_chains(
+                    s, self.N, self.B, self.S, p.fallback
+                )
                 self._recharge(fallback[k], "seed", "rollout")
         if any(top_up):
             for k, extra in enumerate(self._draw(problems, "rollout")(top_up)):
@@ -358,7 +396,8 @@ class Method:
         # 2. reset thought h of every seed; 3. reset state x* = (x0, y_1 .. y_{h-1})
         seeds = [(k, seed) for k, s in enumerate(searches) if found[k] for seed in s.seeds]
         localised = self._localise([(problems[k], seed) for k, seed in seeds])
-        resets = []  # (prompt index, prefix ids, group meta)
+        rng = ctx.step_rng(step, f"srpo-{p.reset}")  # RRPO's draws, reproducible on resume
+        resets = []  # (prompt index, prefix ids, prefix thought ends, group meta)
         for (k, seed), loc in zip(seeds, localised, strict=True):
             oracle = self._oracle(problems[k], seed)
             h = reset_thought(
@@ -366,7 +405,7 @@ class Method:
                 seed.n_thoughts,
                 localised=loc.thought if loc is not None and loc.parsed else None,
                 first_error=oracle,
-                rng=random,  # the global RNG: seeded per run, checkpointed and restored
+                rng=rng,
             )
             meta = {
                 "reset": p.reset,
@@ -379,23 +418,25 @@ class Method:
                 "seed_text": seed.text,
                 "attempts": searches[k].attempts,
             }
-            resets.append((k, reset_prefix(seed.completion_ids, seed.thought_ends, h), meta))
+            prefix = reset_prefix(seed.completion_ids, seed.thought_ends, h)
+            resets.append((k, prefix, seed.thought_ends[: h - 1], meta))
 
         # 3. C suffixes from every reset state, in one batched call
         suffixes = []
         if resets:
             suffixes = ctx.rollout(
-                [problems[k] for k, _, _ in resets],
+                [problems[k] for k, _, _, _ in resets],
                 self.C,
                 purpose="suffix",
-                prefixes=[prefix for _, prefix, _ in resets],
+                prefixes=[prefix for _, prefix, _, _ in resets],
+                prefix_thought_ends=[ends for _, _, ends, _ in resets],
             )
 
         self.last_metrics = self._diagnostics(resets, suffixes, searches, found)
 
         # 4. groups, prompt by prompt: the base group, then one suffix group per seed
         by_prompt: dict[int, list[Group]] = {}
-        for (k, _, meta), trajs in zip(resets, suffixes, strict=True):
+        for (k, _, _, meta), trajs in zip(resets, suffixes, strict=True):
             for t in trajs:
                 keys = ("reset_thought", "localisation_parsed", "oracle_first_error")
                 t.meta.update({key: meta[key] for key in keys})
@@ -437,14 +478,25 @@ class Method:
             return [None] * len(items)
         ctx = self.ctx
         contexts = [
-            ctx.sampler.encode_prompt(ctx.task.localisation_prompt(problem, seed.text))
+            ctx.sampler.encode_prompt(
+                ctx.task.localisation_prompt(problem, seed.text),
+                chat=self.params.localisation_chat_template,
+            )
             for problem, seed in items
         ]
-        outs = ctx.sampler.generate(
+        window = getattr(getattr(ctx.model, "config", None), "max_position_embeddings", None)
+        budgets = [
+            min(self.params.localisation_max_new_tokens, max(window - len(c), 1))
+            if window
+            else self.params.localisation_max_new_tokens
+            for c in contexts
+        ]
+        outs = ctx.sampler.generate(  # a free run: no thought rules (the code: no stops)
             contexts,
             purpose="localisation",
             temperature=self.temperature,
-            max_new_tokens=self.params.localisation_max_new_tokens,
+            max_new_tokens=budgets,
+            thoughts=None,
         )
         return [
             ctx.task.parse_localisation(o.text, seed.n_thoughts)
@@ -462,7 +514,7 @@ class Method:
             return {}
         records = [
             {**meta, "suffix_rewards": [t.reward for t in trajs]}
-            for (_, _, meta), trajs in zip(resets, suffixes, strict=True)
+            for (_, _, _, meta), trajs in zip(resets, suffixes, strict=True)
         ]
         out = reset_diagnostics(records)
         out["srpo/fallback_prompts"] = float(sum(not f for f in found))

@@ -146,14 +146,33 @@ def test_seed_search_stops_at_max_attempts_and_never_seeds_a_chain_without_thoug
     (s,) = srpo.seed_search(draw, 1, n_base=0, n_seeds=2, max_attempts=5)
     # rounds of 2, 2, then the 1 attempt left; every chain failed but has no thought
     assert s.attempts == 5 and s.seeds == [] and len(s.surplus) == 5
-    kept, surplus, missing = srpo.fallback_chains(s, 8)
+    kept, surplus, missing = srpo.fallback_chains(s, 8, n_base=0, n_seeds=2)
     assert kept == s.draws and surplus == [] and missing == 3
 
 
-def test_fallback_keeps_the_first_n_draws():
+def test_fallback_per_split_as_the_official_loops_build_it():
+    """No seed found (Ankur-Samanta/SRPO, ``_fill_rollout_buffer`` of each loop):
+    1x4 (``srpo_agent_loop.py``): the 4 Group-1 chains (the first 4 draws) + 4 new draws;
+    2x4 (``srpo_2x4_agent_loop.py``): successes first, then the failed parents found, the
+    first 8; 1x8 (``srpo_1x8_agent_loop.py``): the first 8 draws."""
     draws = [_chain(1.0) for _ in range(12)]
-    kept, surplus, missing = srpo.fallback_chains(srpo.SeedSearch(draws=draws), 8)
-    assert kept == draws[:8] and surplus == draws[8:] and missing == 0
+    one_by_four = srpo.SeedSearch(draws=draws, base=draws[:4], surplus=draws[4:])
+    kept, dropped, missing = srpo.fallback_chains(one_by_four, 8, n_base=4, n_seeds=1)
+    assert kept == draws[:4] and dropped == draws[4:] and missing == 4
+    one_by_eight = srpo.SeedSearch(draws=draws, surplus=draws)
+    kept, dropped, missing = srpo.fallback_chains(one_by_eight, 8, n_base=0, n_seeds=1)
+    assert kept == draws[:8] and dropped == draws[8:] and missing == 0
+    parent = _chain(0.0)
+    mixed = [parent] + draws[:11]
+    two_by_four = srpo.SeedSearch(draws=mixed, seeds=[parent], surplus=draws[:11])
+    kept, dropped, missing = srpo.fallback_chains(two_by_four, 8, n_base=0, n_seeds=2)
+    assert kept == draws[:8] and dropped == [parent] + draws[8:11] and missing == 0
+    few = srpo.SeedSearch(draws=[parent, draws[0]], seeds=[parent], surplus=[draws[0]])
+    kept, _, missing = srpo.fallback_chains(few, 8, n_base=0, n_seeds=2)
+    assert kept == [draws[0], parent] and missing == 6  # the parent after the successes
+    # draw_order: the first N draws whatever the split
+    kept, _, missing = srpo.fallback_chains(one_by_four, 8, 4, 1, rule="draw_order")
+    assert kept == draws[:8] and missing == 0
 
 
 def test_groups_are_normalised_separately_with_population_std_and_zero_std_rule():
@@ -199,7 +218,8 @@ class ScriptedSampler(Sampler):
         self.script = {p: {k: deque(v) for k, v in s.items()} for p, s in script.items()}
         self.calls, self.contexts = [], []
 
-    def generate(self, contexts, *, purpose, **kw):
+    def generate(self, contexts, *, purpose, n=1, **kw):
+        contexts = [c for c in contexts for _ in range(n)]  # n continuations per context
         self.calls.append((purpose, len(contexts), kw))
         self.contexts.extend((purpose, list(c)) for c in contexts)
         out = []
@@ -256,9 +276,12 @@ def test_1x4_first_failure_is_the_seed_the_next_four_the_base_and_suffixes_are_m
         assert t.prefix_len == len(first) and t.text.startswith(first)
         assert t.meta["reset_thought"] == 2 and t.purpose == "suffix"
     assert suffix.rewards == [1, 0, 1, 1]
-    # localisation: the seed's prompt through the chat template, temperature 0.3
+    # localisation: the seed's prompt through the chat template, temperature 0.3, a free
+    # run of up to 4096 tokens (thought_agent_config.yaml: localization_max_tokens)
     loc = [c for c in sampler.calls if c[0] == "localisation"]
-    assert loc == [("localisation", 1, {"temperature": 0.3, "max_new_tokens": None})]
+    assert loc == [
+        ("localisation", 1, {"temperature": 0.3, "max_new_tokens": [4096], "thoughts": None})
+    ]
     assert [c for purpose, c in sampler.contexts if purpose == "localisation"] == [
         sampler.encode_prompt(TASK.localisation_prompt(P0, draws[1]))
     ]
@@ -297,14 +320,16 @@ def test_1x4_search_goes_on_in_rounds_and_charges_the_surplus_draw_to_seed():
     assert sampler.ledger.generated["rollout"] == 4 * n_tok(right(P0))
 
 
-def test_no_seed_within_max_attempts_falls_back_to_one_grpo_group_of_the_first_n_draws():
+def test_1x4_without_a_seed_falls_back_to_its_four_base_chains_and_four_new_draws():
+    """``srpo_agent_loop.py::_fill_rollout_buffer``, phase 2: Group 1 (the first 4 draws)
+    topped up to 8 with new chains; the other draws of the search are dropped."""
     # a failure with no thought ("") is never a seed, so all 12 attempts are spent
     draws = [right(P0), ""] + [right(P0)] * 10
-    m, sampler = make_method({P0.prompt: {"seed": draws}})
+    m, sampler = make_method({P0.prompt: {"seed": draws, "rollout": [right(P0)] * 4}})
     (group,) = m.collect([P0], step=0)
     assert group.kind == "fallback" and group.meta == {"attempts": 12, "seeds_found": 0}
-    assert [t.text for t in group.trajectories] == draws[:8]
-    assert {c[0] for c in sampler.calls} == {"seed"}  # no localisation, no suffix
+    assert [t.text for t in group.trajectories] == draws[:4] + [right(P0)] * 4
+    assert {c[0] for c in sampler.calls} == {"seed", "rollout"}  # no localisation, no suffix
     trained = m.advantages([group])
     s = math.sqrt(7 / 8 * 1 / 8)
     assert [t.advantages[0] for t in trained] == pytest.approx(
@@ -313,14 +338,16 @@ def test_no_seed_within_max_attempts_falls_back_to_one_grpo_group_of_the_first_n
     assert all(t.loss_mask == [1.0] * len(t.completion_ids) for t in trained)
     assert sampler.ledger.generated == {
         "rollout": 7 * n_tok(right(P0)) + n_tok(""),
-        "seed": 4 * n_tok(right(P0)),
+        "seed": 8 * n_tok(right(P0)),
     }
 
 
-def test_fallback_tops_up_with_fresh_rollouts_when_max_attempts_is_below_n():
+def test_draw_order_fallback_tops_up_with_fresh_rollouts_when_max_attempts_is_below_n():
     draws = [right(P0)] * 6
     m, sampler = make_method(
-        {P0.prompt: {"seed": draws, "rollout": [right(P0), wrong(P0, 2)]}}, max_attempts=6
+        {P0.prompt: {"seed": draws, "rollout": [right(P0), wrong(P0, 2)]}},
+        max_attempts=6,
+        fallback="draw_order",
     )
     (group,) = m.collect([P0], step=0)
     assert group.kind == "fallback" and group.rewards == [1] * 7 + [0]
@@ -359,12 +386,15 @@ def test_2x4_two_seeds_each_with_its_own_suffix_group_and_no_base_group():
     assert "rollout" not in sampler.ledger.generated
 
 
-def test_2x4_falls_back_when_only_one_seed_is_found():
-    draws = [wrong(P0, 2)] + [right(P0)] * 11
-    m, _ = make_method({P0.prompt: {"seed": draws}}, split="2x4")
+def test_2x4_falls_back_when_only_one_seed_is_found_successes_first():
+    """``srpo_2x4_agent_loop.py``, phase 2: the successes, then the failed parent, the first 8."""
+    draws = [wrong(P0, 2)] + [right(P0)] * 6
+    m, _ = make_method(
+        {P0.prompt: {"seed": draws, "rollout": [right(P0)]}}, split="2x4", max_attempts=7
+    )
     (group,) = m.collect([P0], step=0)
     assert group.kind == "fallback" and group.meta["seeds_found"] == 1
-    assert [t.text for t in group.trajectories] == draws[:8]
+    assert [t.text for t in group.trajectories] == [right(P0)] * 6 + [draws[0], right(P0)]
 
 
 def test_1x8_localises_greedily_clamps_an_out_of_range_answer_and_samples_eight_suffixes():
@@ -380,12 +410,17 @@ def test_1x8_localises_greedily_clamps_an_out_of_range_answer_and_samples_eight_
     assert [c[2]["temperature"] for c in sampler.calls if c[0] == "localisation"] == [0.0]
 
 
-def test_random_reset_uses_the_global_rng_and_makes_no_localisation_call():
+def test_random_reset_draws_from_the_step_rng_and_makes_no_localisation_call():
     draws = [wrong(P0, 2)] + [right(P0)] * 4
     m, sampler = make_method({P0.prompt: {"seed": draws, "suffix": [True] * 4}}, reset="random")
     random.seed(3)
-    _, suffix = m.collect([P0], step=0)
-    assert suffix.meta["reset_thought"] == random.Random(3).randint(1, 4)
+    _, suffix = m.collect([P0], step=5)
+    expected = m.ctx.step_rng(5, "srpo-random").randint(1, 4)
+    assert suffix.meta["reset_thought"] == expected
+    # the global RNG plays no part: reseeding it changes nothing
+    random.seed(4)
+    m2, _ = make_method({P0.prompt: {"seed": draws, "suffix": [True] * 4}}, reset="random")
+    assert m2.collect([P0], step=5)[1].meta["reset_thought"] == expected
     assert suffix.meta["localisation_parsed"] is None
     assert "localisation" not in sampler.ledger.generated
 

@@ -356,33 +356,40 @@ def test_sentences_segmenter_never_splits_inside_math_and_joins_a_short_tail():
 FAILED = "2 + 2 = 5.</thought>\nSo the answer is \\boxed{5}.</thought>"
 
 
-def test_localisation_prompt_shows_problem_and_numbered_thoughts_and_asks_for_a_box():
+def test_localisation_prompt_lists_the_steps_as_the_srpo_code_and_asks_for_a_box():
+    """Layout of Ankur-Samanta/SRPO ``thought_ics_agent_loop.py::_localize_error``: the
+    chain as ``Step i: <thought>`` lines, the stop pattern removed, a boxed step number."""
     p = Problem(id="p", prompt="templated", answer="4", meta={"question": "What is 2 + 2?"})
     prompt = TASK.localisation_prompt(p, FAILED)
-    assert "Problem:\nWhat is 2 + 2?" in prompt and "templated" not in prompt
-    assert "Thought 1:\n2 + 2 = 5.\n\nThought 2:\nSo the answer is \\boxed{5}." in prompt
+    assert "Problem: What is 2 + 2?" in prompt and "templated" not in prompt
+    assert "\nStep 1: 2 + 2 = 5.\nStep 2: So the answer is \\boxed{5}." in prompt
     assert "</thought>" not in prompt  # the stop pattern is not shown
-    assert "first thought that contains an error" in prompt
-    assert "(from 1 to 2) within \\boxed{}" in prompt
+    assert "from 1 to 2" in prompt and "\\boxed{N}" in prompt
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("The first error is in thought \\boxed{2}.", (2, True)),
+        ("The first error is in step \\boxed{2}.", (2, True)),
         ("\\boxed{1}", (1, True)),
-        ("\\boxed{Thought 3}", (3, True)),
-        ("maybe \\boxed{4} no: \\boxed{ 2 }", (2, True)),
-        ("\\boxed{9}", (3, True)),  # clamped to n
-        ("\\boxed{0}", (1, True)),
-        ("thought 2", (1, False)),  # no box: unparsed, h = 1 (SRPO)
+        ("maybe \\boxed{4} no: \\boxed{ 2 }", (2, True)),  # the last box
+        ("\\boxed{+3}", (3, True)),  # int() reads it
+        # a box outside 1..n falls back to the last "Step N" of the prose, else 1
+        ("Step 2 looks fine, the error is in Step 3. \\boxed{9}", (3, True)),
+        ("\\boxed{9}", (1, False)),
+        ("\\boxed{0}", (1, False)),  # "no error": h = 1
+        ("\\boxed{Thought 3}", (1, False)),  # not an integer, no "Step N"
+        ("the first error is in step 2", (2, True)),  # no box: the prose
+        ("Step 7", (1, False)),  # out of range
         ("\\boxed{two}", (1, False)),
         ("\\boxed{2", (1, False)),
         ("", (1, False)),
         ("\\boxed{\ud800}", (1, False)),
     ],
 )
-def test_parse_localisation_reads_the_last_box_clamps_and_marks_failures(text, expected):
+def test_parse_localisation_as_the_srpo_code_parses_it(text, expected):
+    """``thought_ics_agent_loop.py::_parse_error_step``: last balanced box with an int in
+    1..n, else the last "Step N" in 1..n, else 1."""
     loc = TASK.parse_localisation(text, 3)
     assert (loc.thought, loc.parsed) == expected
     assert TASK.parse_localisation(TASK.localisation_target(2), 3).thought == 2

@@ -415,11 +415,14 @@ def test_ledger_charges_a_shared_prefill_once(model, tok):
     plain = s.generate([c for c in contexts for _ in range(3)], purpose="plain", temperature=0)
     led = s.ledger
     assert led.generated["shared"] == led.generated["plain"] == sum(len(g.ids) for g in shared)
-    assert led.forwarded["plain"] == sum(len(g.context_ids) + len(g.ids) for g in plain)
+    assert [g.ids for g in plain] == [g.ids for g in shared]
     # batches of 6 rows hold two contexts x 3: each context's first len - 1 tokens once,
-    # its last token and the generated tokens per row
+    # its last token and the generated tokens per row; a context repeated in the batch
+    # shares its prefill however it is passed (n = 3, or given three times)
     expected = sum(len(c) - 1 + 3 for c in contexts) + sum(len(g.ids) for g in shared)
-    assert led.forwarded["shared"] == expected < led.forwarded["plain"]
+    assert led.forwarded["shared"] == expected == led.forwarded["plain"]
+    distinct = s.generate(contexts, purpose="distinct", temperature=0)
+    assert led.forwarded["distinct"] == sum(len(g.context_ids) + len(g.ids) for g in distinct)
 
 
 # --------------------------------------------------------------------- a short run

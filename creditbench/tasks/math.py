@@ -58,7 +58,8 @@ from creditbench.utils import last_braced_span
 SPLITS = ("train", "test")
 BOXED_RE = re.compile(r"\\boxed\s*\{")
 ANSWER_LINE_MARKERS = ("\\boxed{", "####")
-LOCALISATION_RE = re.compile(r"(?:thought|step)?\s*#?\s*([0-9]+)\s*\.?", re.IGNORECASE)
+INTEGER_RE = re.compile(r"[+-]?[0-9]+")  # what Python's int() reads (SRPO's parser)
+STEP_RE = re.compile(r"[Ss]tep\s+([0-9]+)")
 # sentence ends: . ! ? then blanks and a capital, not after a 1-2 letter word (e.g., Dr.)
 SENTENCE_END_RE = re.compile(r"(?<=[.!?])(?=[ \t]+[A-Z])")
 ABBREVIATION_RE = re.compile(r"(?:^|[^A-Za-z])[A-Za-z]{1,2}\.$")
@@ -467,34 +468,57 @@ class MathTask(SourcedSplits):
 
     # ---------------------------------------------------------- localisation
     def localisation_prompt(self, problem: Problem, completion: str) -> str:
-        """SRPO: ask the policy for the first wrong thought of its own failed completion."""
+        """SRPO: ask the policy for the first wrong thought of its own failed completion.
+
+        Laid out as the SRPO code lays it out (Ankur-Samanta/SRPO,
+        ``training/thought_ics_agent_loop.py::_localize_error``, autonomy level 2): the
+        problem, the chain as lines ``Step i: <thought>`` (the stop pattern removed), the
+        statement that its answer is wrong, a request for the step where the error
+        originated rather than where it shows, and a final line ``\\boxed{N}``. The
+        wording is this project's own.
+        """
         thoughts = self.segment(completion)
-        numbered = "\n\n".join(
-            f"Thought {k}:\n{self._thought_text(t)}" for k, t in enumerate(thoughts, 1)
-        )
+        steps = "".join(f"\nStep {k}: {self._thought_text(t)}" for k, t in enumerate(thoughts, 1))
         n = max(len(thoughts), 1)
         return (
-            "The following solution to a math problem reaches a wrong final answer. Its "
-            f"reasoning is split into {len(thoughts)} numbered thoughts.\n\n"
-            f"Problem:\n{self._question(problem)}\n\nSolution:\n{numbered}\n\n"
-            "Find the first thought that contains an error: a wrong calculation, a wrong "
-            "fact, or a step that does not follow from the previous ones. Put the number of "
-            f"that thought (from 1 to {n}) within \\boxed{{}}."
+            "Find the first erroneous step in your earlier solution to this problem.\n\n"
+            f"Problem: {self._question(problem)}\n\n"
+            f"Your reasoning, which reaches a wrong final answer:\n{steps}\n\n"
+            "Since the final answer is wrong, some step contains an error. Look for the step "
+            "where the error originated (a misread problem, an unjustified assumption, a "
+            "wrong calculation or a flawed deduction), which may look fine for a few steps "
+            "before the answer shows it, not the step where it becomes visible. A step is "
+            "wrong if its claims cannot be justified from the problem and the correct steps "
+            "before it.\n\n"
+            "Do not solve the problem again; only name that step. Choose exactly one step "
+            f"number from 1 to {n}, and end your response with \\boxed{{N}} on its own line, "
+            "where N is the number of the first erroneous step (not the answer to the "
+            "problem), with nothing after it."
         )
 
     def localisation_target(self, first_wrong: int) -> str:
         return f"\\boxed{{{first_wrong}}}"
 
     def parse_localisation(self, text: str, n_thoughts: int) -> Localisation:
-        """SRPO: the last ``\\boxed{k}``, ``k`` clamped to ``[1, n]``; unparsed: ``h = 1``."""
+        """SRPO's parser (``thought_ics_agent_loop.py::_parse_error_step``): the last
+        brace-balanced ``\\boxed{N}`` with N an integer in 1..n; otherwise the last
+        "Step N" (or "step N") in the prose with N in 1..n; otherwise h = 1, unparsed.
+        (A boxed 0, "no error", also gives h = 1 there.)"""
+        n = max(n_thoughts, 1)
         try:
             answer = last_boxed(text)
-            match = LOCALISATION_RE.fullmatch(answer.strip()) if answer is not None else None
-            if match is None:
-                return Localisation(1, False)
-            return Localisation(min(max(int(match.group(1)), 1), max(n_thoughts, 1)), True)
-        except Exception:
-            return Localisation(1, False)
+            if answer is not None and INTEGER_RE.fullmatch(answer.strip()):
+                k = int(answer.strip())
+                if 1 <= k <= n:
+                    return Localisation(k, True)
+                if k == 0:
+                    return Localisation(1, False)
+            named = STEP_RE.findall(text)
+            if named and 1 <= int(named[-1]) <= n:
+                return Localisation(int(named[-1]), True)
+        except Exception:  # any malformed model output is a parse failure
+            pass
+        return Localisation(1, False)
 
     # --------------------------------------------------------------- revision
     def revision_prompt(self, problem: Problem, failed: str, reference: str) -> str:
