@@ -201,3 +201,126 @@ def test_the_shipped_accelerate_configs_load_in_bf16():
         "deepspeed_zero2": "DEEPSPEED",
         "deepspeed_zero3": "DEEPSPEED",
     }
+
+
+# ------------------------------------------------------------- the project stands alone
+def test_no_tracked_file_refers_to_a_folder_outside_the_repository():
+    """A clone has no ``../shared``: docs, configs and code cite papers and official code."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    pattern = re.compile(r"\.\./shared|shared/docs|shared/seeds")
+    offenders = []
+    for name in filter(None, files):
+        path = ROOT / name
+        if not path.is_file() or name == "tests/test_paper_configs.py":
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        offenders += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    assert not offenders, f"references to files outside the repository: {offenders}"
+
+
+# ------------------------------------------------------- the official code's defaults
+def raw(name: str) -> dict:
+    return yaml.safe_load((ROOT / "paper_configs" / name).read_text())
+
+
+def test_no_paper_config_sets_the_removed_sampling_max_thoughts():
+    for path in PAPER_CONFIGS:
+        assert "max_thoughts" not in (yaml.safe_load(path.read_text()).get("sampling") or {})
+
+
+@pytest.mark.parametrize("name", ["srpo_qwen2.5-14b.yaml", "srpo_olmo3-7b.yaml"])
+def test_srpo_configs_follow_the_srpo_code(name):
+    """Ankur-Samanta/SRPO: training/config/thought_agent_config.yaml (max_thoughts 20,
+    max_tokens_per_thought 256, localization_max_tokens 4096, localization_temp 0.3 / 0.0
+    for 1x8), training/config/srpo_math500.yaml (response_length 5120, LoRA r 64 alpha 64,
+    lr 5e-5, weight_decay 0.01, grad_clip 1.0, T 0.7, top_p 0.95, 32 prompts x 8, mini-batch
+    8 prompts, 1 epoch) and thought_agent_loop.py::_generate_thought_chain (raw prompt)."""
+    cfg = load_experiment(ROOT / "paper_configs" / name)
+    t = cfg.task
+    assert (t.segmenter, t.stop_pattern, t.max_thoughts, t.max_thought_tokens) == (
+        "stop", "</thought>", 20, 256
+    )
+    assert t.answer_marker == "\\boxed{" and t.chat_template is False
+    assert t.train.limit is None and t.train.source.endswith("numina_olympiads_train.jsonl")
+    assert (cfg.model.lora.r, cfg.model.lora.alpha) == (64, 64)
+    s, tr = cfg.sampling, cfg.train  # the shared sections, as the runs inherit them
+    assert (s["temperature"], s["top_p"], s["max_new_tokens"]) == (0.7, 0.95, 5120)
+    assert [tr[k] for k in ("prompts_per_step", "group_size", "minibatches", "epochs")] == [
+        32, 8, 4, 1
+    ]
+    assert [tr[k] for k in ("lr", "weight_decay", "max_grad_norm")] == [5e-5, 0.01, 1.0]
+    from methods.srpo import LOCALISATION_TEMPERATURE, Params
+
+    p = Params()
+    assert (p.localisation_max_new_tokens, p.max_attempts) == (4096, 12)
+    assert LOCALISATION_TEMPERATURE == {"1x4": 0.3, "2x4": 0.3, "1x8": 0.0}
+    for run in raw(name)["runs"].values():  # no run overrides the code's SRPO settings
+        assert not {"localisation_max_new_tokens", "max_attempts"} & set(run)
+
+
+@pytest.mark.parametrize(
+    "name, context",
+    [
+        ("vineppo_rhomath-1.1b_math.yaml", 2047),
+        ("vineppo_rhomath-1.1b_gsm8k.yaml", 2047),
+        ("vineppo_deepseekmath-7b_math.yaml", 2499),
+        ("vineppo_deepseekmath-7b_gsm8k.yaml", 2499),
+    ],
+)
+def test_vineppo_configs_follow_the_vineppo_code(name, context):
+    """McGill-NLP/VinePPO configs/polIter_*_vineppo_*.jsonnet and their imports: rollouts
+    stop at "\\n\\n\\nProblem:", T 0.6, top_p 0.9, max_tokens 1024, K = 9 (9rolls.jsonnet),
+    value rollouts bounded by model_context_size (2047 Rho, max_sequence_length 2499
+    DeepSeek), 2 epochs (ppo_MATH.jsonnet), KL 1e-4 clamped to [0, 10] (refKl0.0001,
+    klLoss.jsonnet), max_step_for_value_estimation 25 on GSM8K."""
+    cfg = load_experiment(ROOT / "paper_configs" / name)
+    assert cfg.task.stop_strings == ["\n\n\nProblem:"] and cfg.task.max_thoughts is None
+    s = cfg.sampling
+    assert (s["temperature"], s["top_p"], s["max_new_tokens"]) == (0.6, 0.9, 1024)
+    runs = raw(name)["runs"]
+    vine = runs["vineppo"]
+    assert (vine["mc_rollouts"], vine["value_context"]) == (9, context)
+    assert vine.get("max_value_steps") == (25 if "gsm8k" in name else None)
+    loss = runs["grpo_vineppo_loss"]["loss"]
+    assert (loss["beta"], loss["kl_reduction"], loss["kl_clamp"]) == (1e-4, "sequence_sum", 10.0)
+    from methods.vineppo import DEFAULTS
+
+    assert DEFAULTS["train"]["epochs"] == 2 and DEFAULTS["loss"]["kl_clamp"] == 10.0
+
+
+def test_the_srpo_data_selection_follows_the_srpo_code():
+    """Ankur-Samanta/SRPO training/scripts/prepare_datasets.py: olympiads rows only, the last
+    brace-balanced \\boxed{} answer, the bare-frac fix, the verifiability whitelist
+    (_is_verifiable_answer), a pandas shuffle with seed 42, rows 0-399 / 400-499."""
+    spec = importlib.util.spec_from_file_location(
+        "prepare_srpo_data", ROOT / "paper_configs" / "prepare_srpo_data.py"
+    )
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    assert prep.last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert prep.last_boxed("\\boxed{unclosed") == ""
+    assert prep.fix_answer("frac{1}{2}") == "\\frac{1}{2}"
+    keep = ["42", "\\frac{1}{2}", "B", "2\\sqrt{3}", "(1, 2)", "3.5"]
+    # the code's whitelist also drops a leading minus sign ("-7"), as its leading-junk rule
+    drop = ["", "x" * 61, "{1", "(1", "yes", "\\text{7}", "2 or 3", "50%", "5 cm", "n", ";5", "-7"]
+    assert all(prep.verifiable(a) for a in keep)
+    assert not any(prep.verifiable(a) for a in drop)
+    rows = [
+        {"source": "olympiads" if i % 3 else "amc", "problem": f"p{i}",
+         "solution": f"so \\boxed{{{i}}}" if i % 7 else "no answer"}
+        for i in range(1200)
+    ]
+    train, test = prep.select(rows)
+    pandas = pytest.importorskip("pandas")
+    pool = [r for r in rows if r["source"] == "olympiads" and r["solution"].endswith("}")]
+    order = pandas.DataFrame({"problem": [r["problem"] for r in pool]}).sample(
+        frac=1, random_state=42
+    )["problem"].tolist()
+    assert [r["problem"] for r in train] == order[:400]
+    assert [r["problem"] for r in test] == order[400:500]
+    assert all(r["answer"] == r["problem"][1:] for r in train + test)
