@@ -1,7 +1,7 @@
 """IBPO: Implicit Behavior Policy Optimization (arXiv 2605.16302), recoverability instance.
 
 Source: only summaries of the paper exist (no official code), so the instance below
-follows ``methods.md`` ("IBPO") and every gap is a named **[choice]** in ``Params``.
+follows ``methods/README.md`` ("IBPO") and every gap is a named **[choice]** in ``Params``.
 
 Algorithm, per training step:
 
@@ -38,17 +38,17 @@ from rapidfuzz.distance import Levenshtein
 
 from creditbench.rollouts import Group, Trajectory, group_normalise
 
-# A standard GRPO update (methods.md IBPO step 6): PPO clip 0.2, no KL, per-sequence mean.
+# A standard GRPO update (methods/README.md, IBPO 6): PPO clip 0.2, no KL, per-sequence mean.
 DEFAULTS = {"loss": {"clip": True, "epsilon": 0.2, "beta": 0.0, "aggregation": "grpo"}}
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # recoverability shaping: φ = rho · 1[R(y)=0 ∧ R(ŷ)=1], R' = R + lam · φ (methods.md)
+    # recoverability shaping: φ = rho · 1[R(y)=0 ∧ R(ŷ)=1], R' = R + lam · φ (methods/README.md)
     rho: float = Field(0.5, ge=0)
     lam: float = Field(0.6, ge=0)
     # [choice] rewrite filter: a revision is discarded when its normalised edit distance to
-    # the failed completion is strictly greater than this (methods.md default 0.5);
+    # the failed completion is strictly greater than this (methods/README.md: 0.5);
     # a distance exactly at the threshold is accepted
     max_edit_distance: float = Field(0.5, ge=0, le=1)
     # [choice] unit of that distance: "token" = the policy's token ids (the unit it acts in),

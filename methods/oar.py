@@ -19,7 +19,7 @@ answer is predicted), then weights ``w_t`` that multiply the GRPO advantage:
   mass preserved); tokens outside the reasoning span keep ``w = 1``.
 - Loss (paper): PPO-clipped surrogate, per-sequence token mean then batch mean, no KL.
 
-Choices where the paper leaves a point open (methods.md's [choice]s), each a named
+Choices where the paper leaves a point open (methods/README.md's [choice]s), each a named
 parameter below or a documented behaviour:
 
 - ``reasoning_span``: which completion tokens are "reasoning". The official code splits

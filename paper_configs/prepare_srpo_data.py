@@ -69,9 +69,7 @@ def verifiable(answer: str) -> bool:
         return False
     if re.match(r"[};.,:~\-*]\s?", answer):
         return False
-    if re.search(r"%|~|\*\*|\bor\b", answer) or _UNITS.search(answer):
-        return False
-    return True
+    return not (re.search(r"%|~|\*\*|\bor\b", answer) or _UNITS.search(answer))
 
 
 def select(rows) -> tuple[list[dict], list[dict]]:

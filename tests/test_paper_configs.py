@@ -219,7 +219,9 @@ def test_no_tracked_file_refers_to_a_folder_outside_the_repository():
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        offenders += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+        offenders += [
+            f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1) if pattern.search(line)
+        ]
     assert not offenders, f"references to files outside the repository: {offenders}"
 
 
@@ -243,7 +245,10 @@ def test_srpo_configs_follow_the_srpo_code(name):
     cfg = load_experiment(ROOT / "paper_configs" / name)
     t = cfg.task
     assert (t.segmenter, t.stop_pattern, t.max_thoughts, t.max_thought_tokens) == (
-        "stop", "</thought>", 20, 256
+        "stop",
+        "</thought>",
+        20,
+        256,
     )
     assert t.answer_marker == "\\boxed{" and t.chat_template is False
     assert t.train.limit is None and t.train.source.endswith("numina_olympiads_train.jsonl")
@@ -251,7 +256,10 @@ def test_srpo_configs_follow_the_srpo_code(name):
     s, tr = cfg.sampling, cfg.train  # the shared sections, as the runs inherit them
     assert (s["temperature"], s["top_p"], s["max_new_tokens"]) == (0.7, 0.95, 5120)
     assert [tr[k] for k in ("prompts_per_step", "group_size", "minibatches", "epochs")] == [
-        32, 8, 4, 1
+        32,
+        8,
+        4,
+        1,
     ]
     assert [tr[k] for k in ("lr", "weight_decay", "max_grad_norm")] == [5e-5, 0.01, 1.0]
     from methods.srpo import LOCALISATION_TEMPERATURE, Params
@@ -311,16 +319,21 @@ def test_the_srpo_data_selection_follows_the_srpo_code():
     assert all(prep.verifiable(a) for a in keep)
     assert not any(prep.verifiable(a) for a in drop)
     rows = [
-        {"source": "olympiads" if i % 3 else "amc", "problem": f"p{i}",
-         "solution": f"so \\boxed{{{i}}}" if i % 7 else "no answer"}
+        {
+            "source": "olympiads" if i % 3 else "amc",
+            "problem": f"p{i}",
+            "solution": f"so \\boxed{{{i}}}" if i % 7 else "no answer",
+        }
         for i in range(1200)
     ]
     train, test = prep.select(rows)
     pandas = pytest.importorskip("pandas")
     pool = [r for r in rows if r["source"] == "olympiads" and r["solution"].endswith("}")]
-    order = pandas.DataFrame({"problem": [r["problem"] for r in pool]}).sample(
-        frac=1, random_state=42
-    )["problem"].tolist()
+    order = (
+        pandas.DataFrame({"problem": [r["problem"] for r in pool]})
+        .sample(frac=1, random_state=42)["problem"]
+        .tolist()
+    )
     assert [r["problem"] for r in train] == order[:400]
     assert [r["problem"] for r in test] == order[400:500]
     assert all(r["answer"] == r["problem"][1:] for r in train + test)
