@@ -129,7 +129,7 @@ class MathTaskConfig(Strict):
     braces are literal, so LaTeX needs no escaping); default per segmenter (``stop``: ask
     for ``</thought>`` after every step; otherwise the usual step-by-step / ``\\boxed{}``
     instruction). ``system_prompt``: an optional system message.
-    ``segmenter``: how a completion splits into thoughts (methods.md, Thoughts):
+    ``segmenter``: how a completion splits into thoughts (methods/README.md, Thoughts):
     ``stop`` (SRPO: a thought ends with ``stop_pattern``, kept), ``lines`` (VinePPO GSM8K:
     one line per thought, the final answer line joins the last one), ``sentences``
     (VinePPO MATH: lines and sentence ends, pieces shorter than ``min_thought_chars``

@@ -315,10 +315,13 @@ class Method:
         ]
         gens = []
         if sampled:
-            gens = ctx.sampler.generate(
+            gens = ctx.sampler.generate(  # each state its own budget; its steps count
                 contexts,
                 purpose="mc_value",
-                max_new_tokens=max(budgets[i] for i in sampled),
+                max_new_tokens=[budgets[i] for i in sampled],
+                thoughts_done=[
+                    sum(e <= states[i][1] for e in states[i][0].thought_ends) for i in sampled
+                ],
                 n=K,
             )
         values = [0.0] * len(states)

@@ -238,13 +238,15 @@ def test_default_budget_gives_a_late_state_the_whole_cap(tok):
     assert (len(right.prompt_ids), right.thought_ends) == (6, [7, 15, 20])
     method.estimate_values([right])
     assert right.meta["mc_values"] == [1.0, 1.0, 1.0]
-    assert sampler.calls[0][3]["max_new_tokens"] == 19
+    assert sampler.calls[0][3]["max_new_tokens"] == [19, 19, 19]  # one budget per state
+    assert sampler.calls[0][3]["thoughts_done"] == [0, 1, 2]  # the state's steps
     # value_context 26: s_2 gets min(19, 26 - 21) = 5 tokens, enough; 25: 4, cut off
     for context, v2 in ((26, 1.0), (25, 0.0)):
         method, sampler = scripted_method(tok, script, max_new_tokens=19, value_context=context)
         method.estimate_values([right])
         assert right.meta["mc_values"][2] == v2
-        assert sampler.calls[0][3]["max_new_tokens"] == min(19, context - 6)  # s_0's budget
+        budgets = [min(19, context - 6 - n) for n in (0, 7, 15)]
+        assert sampler.calls[0][3]["max_new_tokens"] == budgets  # each state's own
     # value_context 21: s_2 has no room left, gets V = 0 and is not sampled at all
     method, sampler = scripted_method(tok, script, max_new_tokens=19, value_context=21)
     method.estimate_values([right])

@@ -21,7 +21,7 @@ and ``reward_details`` / ``last_result`` say why (``"exit_code"``, ``"timeout"``
 ``"blocked: network"``...). Model code never runs in this process. A sandbox that cannot
 start at all raises ``SandboxError``: an infrastructure failure is not a wrong answer.
 
-Thoughts (methods.md, "Thoughts"): one line per thought, its ``"\\n"`` kept; a blank line
+Thoughts (methods/README.md, "Thoughts"): one line per thought, its ``"\\n"`` kept; a blank line
 joins the thought before it [choice: no thought is only whitespace]; ``max_thoughts``
 caps the count (later lines join the last thought). Their concatenation is the completion.
 

@@ -12,7 +12,7 @@ Verifier: ``R(y) = 1`` iff the completion's *last* ``\\boxed{...}`` parses and
 verifier never raises. math-verify runs in worker processes, so a pathological expression
 costs at most ``VERIFY_DEADLINE_S`` of wall clock in any thread (``verify_answers``). A completion cut off by the length limit is scored 0 by the engine.
 
-Thoughts (methods.md, "Thoughts"), by ``segmenter``; their concatenation is always the
+Thoughts (methods/README.md, "Thoughts"), by ``segmenter``; their concatenation is always the
 completion, character for character:
 
 - ``stop`` (SRPO): a thought ends with ``stop_pattern`` (``</thought>``, kept in the
