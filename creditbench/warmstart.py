@@ -1,7 +1,9 @@
 """Supervised warm start: the solution format to partial accuracy, then self-localisation.
 
 Phase 1 (``steps``) teaches the solution format on reference solutions, to a
-partial accuracy so that RL groups have variance. Phase 2 (``skill_steps``)
+partial accuracy so that RL groups have variance: ``demo_error_rate`` of the
+demonstrations carry one slip, and ``demo_repair_rate`` of those repair it in the next
+thought (the task's ``repaired``), so the policy learns to notice some of its slips. Phase 2 (``skill_steps``)
 teaches the prompted skills on corrupted traces: self-localisation (SRPO) and
 compare-and-correct revision (IBPO), with a ``replay_fraction`` of solving
 examples so the first skill is kept; it gets its own budget because mixing

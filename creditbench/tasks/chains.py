@@ -35,7 +35,9 @@ repair, a repair of a repair or of the answer line, a repair as the first though
   value); a completion with a repair thought must also be right under the oracle's
   reading: every repair valid and every line no repair replaced equal to the reference.
   So a chain through repairs earns its reward only by computing every step right, the
-  repairs included; one without repairs is judged by its outcome, as before.
+  repairs included; one without repairs is judged by its outcome, as before (a wrong
+  thought whose effect cancels, or that a later line silently drops, still earns the
+  reward there, while the oracle names it).
 """
 
 from __future__ import annotations
