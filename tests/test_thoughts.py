@@ -223,3 +223,36 @@ def test_rollouts_and_suffixes_follow_the_task_rules(model, tok):
     prompt = len(sampler.encode_prompt(problem.prompt))
     generated = sum(len(t.completion_ids) for t in fresh)
     assert sampler.ledger.forwarded["rollout"] == (prompt - 1) + 6 + generated
+
+
+def test_the_math_task_generates_as_the_srpo_agent_loop():
+    """``segmenter: stop`` gives the code's rules (``thought_agent_config.yaml``: 256 tokens a
+    thought, 20 thoughts, ``</thought>`` kept, the chain ends after ``\\boxed{``); the
+    VinePPO segmenters generate freely, with the task's stop strings."""
+    from creditbench.config import MathTaskConfig
+    from creditbench.tasks.math import MathTask
+
+    data = {"source": "x.jsonl"}
+    srpo = MathTask(MathTaskConfig(name="math", train=data, test=data))
+    assert srpo.thought_rules == ThoughtRules(
+        delimiter="</thought>", max_thought_tokens=256, max_thoughts=20, answer_marker="\\boxed{"
+    )
+    vine = MathTask(
+        MathTaskConfig(
+            name="math", train=data, test=data, segmenter="lines", stop_strings=["\n\n\nProblem:"]
+        )
+    )
+    assert vine.thought_rules is None and vine.stop_strings == ["\n\n\nProblem:"]
+    # the rules on text written the math way, one character a token: a delimiter of several
+    # tokens, the per-thought cap, and the chain ending after the boxed thought
+    rules = ThoughtRules(
+        delimiter="</thought>",
+        max_thought_tokens=30,
+        answer_marker="\\boxed{",
+        reserve_full_thought=False,
+    )
+    boxed = "x=2</thought>" + "y" * 20 + "</thought>" + "so \\boxed{2}.</thought>more</thought>"
+    capped = "y" * 65 + "</thought>"
+    out = run_tracker([boxed, capped], [200, 75], rules)
+    assert out[0] == (boxed[:66], "answer", [13, 43, 66])
+    assert out[1] == (capped, "length", [30, 60, 75])
