@@ -48,7 +48,7 @@ def cmd_warmstart(cfg, args):
 
 
 def cmd_train(cfg, args):
-    from creditbench.train import Trainer
+    from creditbench.train import PREEMPTED_EXIT_STATUS, Preempted, Trainer
 
     run = cfg.run(args.run)
     p = _paths(cfg, args.results)
@@ -56,7 +56,11 @@ def cmd_train(cfg, args):
     trainer = Trainer(
         run, args.seed, args.init or p["base"], args.data or p["data"], out, cfg.methods_dir
     )
-    ledger = trainer.train(until_step=args.until_step)
+    try:
+        ledger = trainer.train(until_step=args.until_step)
+    except Preempted as e:  # SIGTERM / SIGUSR1: checkpointed; the same command resumes
+        print(f"creditbench: pre-empted: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     if trainer.is_main:  # one summary line, not one per process
         print(
             json.dumps({"step": trainer.step, "generated_tokens": ledger["total_generated_tokens"]})
@@ -174,7 +178,7 @@ def cmd_run(cfg, args):
         for seed in cfg.seeds:
             out = p["runs"] / r / f"seed{seed}"
             if not (out / "ledger.json").is_file():
-                cmd_train(
+                status = cmd_train(
                     cfg,
                     argparse.Namespace(
                         run=r,
@@ -186,6 +190,8 @@ def cmd_run(cfg, args):
                         results=args.results,
                     ),
                 )
+                if status:  # pre-empted: the same command resumes
+                    return status
             for suite in suites_of(cfg):
                 path = out / "eval" / f"{suite}.json"
                 if not path.is_file():
@@ -290,11 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load_experiment(args.config)
-        args.func(cfg, args)
+        status = args.func(cfg, args)
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"creditbench: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0  # a command's own status: train's pre-emption (75)
 
 
 if __name__ == "__main__":

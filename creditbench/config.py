@@ -398,6 +398,9 @@ class TrainConfig(Strict):
     minibatches: PositiveInt = 1
     micro_batch_size: PositiveInt | None = None  # sequences per forward (gradient accumulation)
     checkpoint_every: PositiveInt = 25
+    # also a checkpoint at the first step boundary this many minutes after the last one
+    # (a step count can outlast a cluster time limit); null: by steps only
+    checkpoint_minutes: PositiveFloat | None = None
     keep_checkpoints: PositiveInt = 2
     eval_every: NonNegInt = 25
     eval_problems: PositiveInt = 200

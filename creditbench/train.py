@@ -18,19 +18,34 @@ loss normalisers summed over processes, so N processes compute the gradient of o
 process on the whole batch (up to float error). The main process writes metrics,
 ledger (tokens summed over processes) and checkpoints; every process saves its own
 sampling RNG into the checkpoint, so a resumed run with the same N is exact too.
+
+Pre-emption: SIGTERM or SIGUSR1 (a scheduler's pre-emption or time-limit warning) ends
+training at the next step boundary with a checkpoint of that step and raises
+:class:`Preempted`; the command line exits with :data:`PREEMPTED_EXIT_STATUS`, which
+the SLURM profile retries (the run resumes from that checkpoint). ``checkpoint_minutes``
+adds a checkpoint at the first step boundary that many minutes after the last one.
+
+One trainer per output folder: the main process holds an exclusive ``flock`` on
+``<out>/.train.lock`` while it trains; a second trainer on the same folder (a job
+restarted while an orphan of a killed workflow manager still runs) waits for it, then
+resumes from its checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import functools
 import json
 import logging
+import os
 import random
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -70,6 +85,21 @@ from creditbench.utils import (
 
 log = logging.getLogger(__name__)
 CKPT_DONE = "COMPLETE"
+# SIGTERM: a scheduler's pre-emption or time limit; SIGUSR1: its advance warning
+# (sbatch --signal=USR1@<seconds>)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# the exit status of a pre-empted training process (EX_TEMPFAIL: "try again")
+PREEMPTED_EXIT_STATUS = 75
+LOCK_FILE = ".train.lock"
+
+
+class Preempted(Exception):
+    """Training stopped on a pre-emption signal after checkpointing ``step``."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped after checkpointing step {step}")
 
 
 def problems_for_step(n_problems: int, per_step: int, step: int, seed: int) -> list[int]:
@@ -209,6 +239,8 @@ class Trainer:
         )
         self.step = 0
         self.elapsed = 0.0
+        self._stop_signal: int | None = None  # a pre-emption signal received
+        self._last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------ checkpoints
     def _checkpoints(self) -> list[Path]:
@@ -265,6 +297,7 @@ class Trainer:
             for old in self._checkpoints()[: -self.run.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+        self._last_checkpoint = time.monotonic()
 
     def try_resume(self) -> bool:
         """Collective: every process loads the last complete checkpoint."""
@@ -472,9 +505,81 @@ class Trainer:
 
         Several processes: every process calls it; the main process writes.
         """
-        t = self.run.train
+        with self._output_lock(), self._preemption_signals():
+            return self._train(until_step)
+
+    @contextmanager
+    def _output_lock(self):
+        """Collective: the main process holds ``<out>/.train.lock`` (``flock``, released
+        when the process ends, however it ends); while another process holds it, wait."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        handle = None
+        if self.is_main:
+            handle = (self.out_dir / LOCK_FILE).open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                log.warning(
+                    "%s is locked by another training process (pid %s) on the same run: "
+                    "waiting for it to end, then resuming from its checkpoints",
+                    self.out_dir / LOCK_FILE,
+                    holder,
+                )
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                log.warning("%s acquired: resuming", self.out_dir / LOCK_FILE)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        self.accelerator.wait_for_everyone()
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.close()  # releases the lock
+
+    @contextmanager
+    def _preemption_signals(self):
+        """SIGTERM / SIGUSR1 ask for a stop at the next step boundary (main thread only:
+        Python runs signal handlers there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._stop_signal is None:
+                log.warning(
+                    "%s received: checkpointing at the end of step %d, then exiting",
+                    signal.Signals(signum).name,
+                    self.step + 1,
+                )
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in PREEMPT_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _boundary_requests(self) -> tuple[bool, bool]:
+        """Collective: (stop on a signal, checkpoint on time) at this step boundary, the
+        same on every process (any process's signal or clock decides)."""
+        minutes = self.run.train.checkpoint_minutes
+        flags = [
+            float(self._stop_signal is not None),
+            float(minutes is not None and time.monotonic() - self._last_checkpoint >= 60 * minutes),
+        ]
+        if self.world > 1:
+            flags = self.dist.sum(flags)
+        return flags[0] > 0, flags[1] > 0
+
+    def _train(self, until_step: int | None) -> dict:
+        t = self.run.train
         resumed = self.try_resume()
+        self._last_checkpoint = time.monotonic()
         if not resumed and self.is_main:
             self._truncate_metrics(-1)
         metrics_path = self.partial_metrics
@@ -547,9 +652,13 @@ class Trainer:
                 self._write(metrics_file, row)
                 bar.update(1)
                 bar.set_postfix(reward=f"{row['reward']:.2f}")
-                if self.step % t.checkpoint_every == 0 or self.step == stop_at:
+                stop, timed = self._boundary_requests()
+                if self.step % t.checkpoint_every == 0 or self.step == stop_at or stop or timed:
                     with self.ledger.phase("checkpoint"):
                         self.save_checkpoint()
+                if stop and self.step < stop_at:
+                    bar.close()
+                    raise Preempted(self.step, self._stop_signal or signal.SIGTERM)
             bar.close()
         if self.step >= t.steps:
             self._finish()

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from creditbench import faults
-from creditbench.train import Trainer, checkpoint_problem, problems_for_step
+from creditbench.train import (
+    PREEMPTED_EXIT_STATUS,
+    Preempted,
+    Trainer,
+    checkpoint_problem,
+    problems_for_step,
+)
 
 
 def _weights(model_dir):
@@ -245,3 +255,156 @@ def test_srpo_unclipped_loss_is_minus_a_mean_logprob_in_every_minibatch(
         assert abs(loss - ratio_form.item()) > 0.1
         if k > 0:  # later minibatches see updated weights: pi differs from pi_old
             assert (now - old).abs().max() > 1e-6
+
+
+# ------------------------------------------------------------ pre-emption and the run lock
+def _cli_train(exp, tmp_path, out, **train):
+    """The `creditbench train` command on the small experiment, with train overrides."""
+    cfg = exp["cfg"].model_dump(mode="json")
+    cfg["train"].update(train)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return [
+        "creditbench", "--threads", "2", "train", "-c", str(path), "--run", "grpo",
+        "--seed", "0", "--init", str(exp["base"]), "--data", str(exp["data"]), "--out", str(out),
+    ]  # fmt: skip
+
+
+def _rows(path):
+    return [json.loads(r) for r in path.read_text().splitlines()]
+
+
+def _assert_same_run(a, b):
+    """Two finished runs: bitwise equal weights, the same metrics (not the timings)."""
+    wa, wb = _weights(a / "model"), _weights(b / "model")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    rows_a, rows_b = _rows(a / "metrics.jsonl"), _rows(b / "metrics.jsonl")
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ("reward", "loss", "generated_tokens", "lr"):
+            assert ra[key] == rb[key], key
+    ledger = [json.loads((d / "ledger.json").read_text()) for d in (a, b)]
+    assert ledger[0]["total_generated_tokens"] == ledger[1]["total_generated_tokens"]
+
+
+PREEMPT_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def cli_reference(small_experiment, tmp_path_factory):
+    """An uninterrupted `creditbench train` run (8 steps, a checkpoint only at the end)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    out = tmp / "run"
+    cmd = _cli_train(small_experiment, tmp, out, steps=PREEMPT_STEPS, checkpoint_every=100)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_sigterm_checkpoints_the_current_step_exits_75_and_the_resumed_run_ends_equal(
+    small_experiment, cli_reference, tmp_path
+):
+    """A real SIGTERM to a real training process, once its first step is recorded: it
+    finishes the step it is in, checkpoints it (no step-count checkpoint is due), exits
+    with the pre-emption status, and the same command then ends bitwise equal to the
+    uninterrupted run."""
+    out = tmp_path / "run"
+    cmd = _cli_train(small_experiment, tmp_path, out, steps=PREEMPT_STEPS, checkpoint_every=100)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = out / "metrics.partial.jsonl"
+    deadline = time.monotonic() + 300
+    while not (partial.is_file() and partial.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT_STATUS == 75, stderr[-3000:]
+    assert "SIGTERM received" in stderr and "pre-empted" in stderr
+    steps = [r["step"] for r in _rows(partial)]
+    last = steps[-1]
+    assert steps == list(range(1, last + 1)) and last < PREEMPT_STEPS  # stopped early
+    # the checkpoint is of the step the signal came in, the last one recorded
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == [f"step_{last:06d}"]
+    assert checkpoint_problem(out / "checkpoints" / f"step_{last:06d}") is None
+    assert not (out / "model").exists() and not (out / "ledger.json").exists()
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(cli_reference, out)
+
+
+def test_sigusr1_in_process_stops_at_the_step_boundary_with_that_steps_checkpoint(
+    small_experiment, tmp_path
+):
+    """SIGUSR1 sent to this process from inside step 2's update: step 2 completes and is
+    checkpointed, step 3 never starts, and a fresh trainer resumes to the uninterrupted
+    weights."""
+    full = _trainer(small_experiment, tmp_path / "full", steps=4, checkpoint_every=100)
+    full.train()
+    t = _trainer(small_experiment, tmp_path / "r", steps=4, checkpoint_every=100)
+    update = t.update
+
+    def update_then_signal(batch):
+        if t.step == 1:  # computing step 2
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return update(batch)
+
+    t.update = update_then_signal
+    with pytest.raises(Preempted) as stopped:
+        t.train()
+    assert (stopped.value.step, stopped.value.signum) == (2, signal.SIGUSR1)
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step_*")) == [
+        "step_000002"
+    ]
+    assert [r["step"] for r in _rows(tmp_path / "r" / "metrics.partial.jsonl")] == [1, 2]
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
+    again = _trainer(small_experiment, tmp_path / "r", steps=4, checkpoint_every=100)
+    again.train()
+    _assert_same_run(tmp_path / "full", tmp_path / "r")
+
+
+def test_checkpoint_minutes_checkpoints_when_that_much_time_has_passed(small_experiment, tmp_path):
+    # 0.0001 minutes (6 ms) pass within every step: a checkpoint at each boundary
+    t = _trainer(
+        small_experiment,
+        tmp_path / "r",
+        steps=3,
+        checkpoint_every=100,
+        checkpoint_minutes=0.0001,
+        keep_checkpoints=5,
+    )
+    t.train(until_step=2)
+    names = sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step_*"))
+    assert names == ["step_000001", "step_000002"]
+    # an hour does not pass: only the step count's (none) and the stop's checkpoints
+    u = _trainer(
+        small_experiment, tmp_path / "u", steps=3, checkpoint_every=100, checkpoint_minutes=60
+    )
+    u.train(until_step=2)
+    assert sorted(p.name for p in (tmp_path / "u" / "checkpoints").glob("step_*")) == [
+        "step_000002"
+    ]
+
+
+def test_a_second_trainer_on_the_same_run_waits_for_the_first_and_resumes_equal(
+    small_experiment, cli_reference, tmp_path
+):
+    """Two `creditbench train` processes on one run folder (a job restarted while an
+    orphan of a killed Snakemake still trains): the second waits for the first's lock,
+    then resumes from its final checkpoint; the run equals the uninterrupted one."""
+    out = tmp_path / "run"
+    cmd = _cli_train(small_experiment, tmp_path, out, steps=PREEMPT_STEPS, checkpoint_every=100)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.partial.jsonl").is_file():  # the first holds the lock
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    _, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"locked by another training process (pid {first.pid})" in second.stderr
+    assert json.loads(second.stdout.splitlines()[-1])["step"] == PREEMPT_STEPS
+    _assert_same_run(cli_reference, out)
