@@ -1159,3 +1159,29 @@ def test_greedy_evaluation_takes_one_sample():
     assert hot["generation_kwargs"]["do_sample"] is True and cfg["generation_kwargs"] == {
         "do_sample": False
     }
+
+
+def test_the_chains_suites_score_as_training_rewards_repairs_and_the_chain_end():
+    """The suites' scorer is training's verifier: a blind repair or a wrong answer scores 0,
+    and a response is read up to the end of its answer line, as the engine's thought rules
+    end a chain there."""
+    import importlib.util
+
+    from creditbench.config import ChainsTaskConfig
+    from creditbench.tasks.chains import ChainsTask
+
+    spec = importlib.util.spec_from_file_location(
+        "chains_suite_utils",
+        Path(__file__).resolve().parent.parent / "experiments" / "tasks" / "chains" / "utils.py",
+    )
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    task = ChainsTask(ChainsTaskConfig(min_len=3, max_len=3, n_train=5, n_test=5))
+    p = task.load("test")[0]
+    doc = {"id": p.id, "prompt": p.prompt, "answer": p.answer, "meta": p.meta}
+    right = task.solution(p)
+    assert utils.process_results(doc, [[right]]) == {"acc": 1.0}
+    assert utils.process_results(doc, [[right + "1+1=2\n"]]) == {"acc": 1.0}  # after the end
+    assert utils.process_results(doc, [["~" + right]]) == {"acc": 0.0}  # a blind repair
+    wrong = right.replace(f"A:{p.answer}", f"A:{(int(p.answer) + 1) % 10}")
+    assert utils.process_results(doc, [[right, wrong]]) == {"acc": 0.5}
