@@ -8,9 +8,11 @@ Snakemake rules pass them explicitly.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from creditbench.config import ConfigError, ExperimentConfig, load_experiment
@@ -73,12 +75,42 @@ def suites_of(cfg: ExperimentConfig) -> list[str]:
     return cfg.eval.suites or list(make_task(cfg.task).suites)
 
 
+@contextmanager
+def _exclusive(paths):
+    """Hold an exclusive ``flock`` on each lock file (in sorted order) while inside;
+    wait, saying so, while another process holds one."""
+    with ExitStack() as stack:
+        for path in sorted(set(paths)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(path.open("a"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"creditbench: waiting for another process holding {path}", file=sys.stderr)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def cmd_evaluate(cfg, args):
     """Held-out accuracy of one model on one or more suites, one result file per suite.
 
     Several suites (``--suite`` repeated) share one process and, with lm-eval, one
-    harness call: the model is loaded once.
+    harness call: the model is loaded once. One process at a time writes a suite's
+    result (a lock file beside it): an evaluation restarted while an orphaned one still
+    runs waits for it, and so writes last.
     """
+    suites = list(dict.fromkeys(args.suite or ["chains_test"]))
+    outs = _eval_outputs(args, suites)
+    with _exclusive(out.with_name(f".{out.name}.lock") for out in outs.values()):
+        return _evaluate(cfg, args)
+
+
+def _eval_outputs(args, suites: list[str]) -> dict[str, Path]:
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.model).parent / "eval"
+    return {s: Path(args.out) if args.out else out_dir / f"{s}.json" for s in suites}
+
+
+def _evaluate(cfg, args):
     from creditbench.tasks import make_task
 
     p = _paths(cfg, args.results)
@@ -88,8 +120,7 @@ def cmd_evaluate(cfg, args):
     suites = list(dict.fromkeys(args.suite or ["chains_test"]))
     if args.out and len(suites) > 1:
         raise ConfigError(f"--out names one result file; {len(suites)} suites need --out-dir")
-    out_dir = Path(args.out_dir) if args.out_dir else model_dir.parent / "eval"
-    outs = {s: Path(args.out) if args.out else out_dir / f"{s}.json" for s in suites}
+    outs = _eval_outputs(args, suites)
     task = make_task(cfg.task, args.data or p["data"])
     ev = cfg.eval
     if ev.backend == "lm-eval":

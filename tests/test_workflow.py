@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +126,93 @@ def test_a_training_job_killed_anywhere_resumes_to_the_uninterrupted_result(smok
     assert json.loads((run / "ledger.json").read_text())["total_generated_tokens"] == (
         reference_tokens
     )
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """The processes whose working directory is ``folder`` (orphaned jobs)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_snakemake_killed_mid_experiment_resumes_with_the_same_command(smoke_run, tmp_path):
+    """SIGKILL of snakemake itself once the first training checkpoint exists (its jobs
+    live on as orphans, its lock and incomplete markers stay): the same command, run
+    again unchanged, removes the dead run's lock, reruns the incomplete jobs (a restarted
+    training job waits for its orphan) and ends with the uninterrupted results."""
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ("--cores", "2", "--configfile", str(SMOKE))  # smoke_run's command
+    cmd = ["snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work), *args]
+    first = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    runs = work / "results" / "smoke" / "runs"
+    deadline = time.monotonic() + 600
+    while not list(runs.glob("*/seed*/checkpoints/step_*")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert list((work / ".snakemake" / "locks").glob("*.lock"))  # the dead run's lock
+    assert list((work / ".snakemake" / "incomplete").iterdir())  # its unfinished jobs
+
+    again = snakemake(*args, cwd=work)  # the same command, unchanged
+    assert "lock file(s) of a Snakemake that is no longer running" in again.stderr
+    deadline = time.monotonic() + 300
+    while _processes_in(work):  # orphans (an evaluation) may outlive the second run
+        assert time.monotonic() < deadline, _processes_in(work)
+        time.sleep(0.2)
+    assert "Nothing to be done" in snakemake("-n", *args, cwd=work).stdout
+
+    ref, got = smoke_run / "results" / "smoke", work / "results" / "smoke"
+    for run in ("grpo", "grpo_dapo"):
+        for seed in (0, 1):
+            a, b = ref / "runs" / run / f"seed{seed}", got / "runs" / run / f"seed{seed}"
+            wa, wb = (load_file(d / "model" / "model.safetensors") for d in (a, b))
+            assert wa.keys() == wb.keys()
+            for k in wa:
+                assert torch.equal(wa[k], wb[k]), (run, seed, k)
+            rows = [
+                [json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()]
+                for d in (a, b)
+            ]
+            assert [r["step"] for r in rows[1]] == [0, 1, 2]
+            for ra, rb in zip(*rows, strict=True):
+                for key in ("reward", "loss", "generated_tokens", "eval/test/accuracy"):
+                    assert ra.get(key) == rb.get(key), (run, seed, key)
+            for suite in ("chains_test", "chains_test_long"):
+                ea, eb = (json.loads((d / "eval" / f"{suite}.json").read_text()) for d in (a, b))
+                assert (eb["n"], eb["accuracy"]) == (ea["n"], ea["accuracy"]), (run, seed)
+                sa, sb = ((d / "eval" / f"{suite}.samples.jsonl").read_text() for d in (a, b))
+                assert [json.loads(x)["response"] for x in sa.splitlines()] == [
+                    json.loads(x)["response"] for x in sb.splitlines()
+                ]
+    assert (got / "tables" / "main.csv").read_text() == (ref / "tables" / "main.csv").read_text()
+
+
+def test_an_evaluation_waits_while_another_process_holds_its_results_lock(smoke_run, tmp_path):
+    """An evaluation restarted while an orphaned one still writes the same result waits
+    for it (the lock beside the result), then writes the same result."""
+    r = smoke_run / "results" / "smoke"
+    run = r / "runs" / "grpo" / "seed0"
+    out = tmp_path / "eval"
+    out.mkdir()
+    cmd = ["creditbench", "evaluate", "-c", str(r / "config.json"), "--data", str(r / "data")]
+    cmd += ["--model", str(run / "model"), "--suite", "chains_test", "--out-dir", str(out)]
+    with (out / ".chains_test.json.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the orphan
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(20)  # long enough to start and evaluate, were it not waiting
+        assert proc.poll() is None and not (out / "chains_test.json").exists()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "waiting for another process holding" in stderr
+    got, ref = (json.loads((d / "chains_test.json").read_text()) for d in (out, run / "eval"))
+    assert (got["n"], got["accuracy"]) == (ref["n"], ref["accuracy"])
 
 
 def test_grouped_suites_are_one_job_per_run_and_seed_with_the_per_suite_results(

@@ -1,11 +1,13 @@
 # Config validation (JSON schema, then the engine's typed config) and path helpers.
 import json
 import os
+import socket
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import ExecMode
 
 from creditbench.cli import suites_of
 from creditbench.config import ConfigError, experiment_from_dict
@@ -185,3 +187,100 @@ MEM_MB = (
 def torch_threads(wildcards, threads):
     """A param: torch CPU threads per training process (the job's threads, shared)."""
     return max(1, threads // LAUNCH.num_processes)
+
+
+# ------------------------------------------------------------------- resuming after a kill
+# Snakemake's lock (.snakemake/locks/) outlives a Snakemake killed with SIGKILL (a closed
+# terminal, the OOM killer), and the next run would refuse to start. Here a lock is
+# honoured only while a Snakemake that ran here lives: each run records its process in
+# RUNNING/<pid>.json when it starts executing (onstart, just after Snakemake wrote its
+# locks) and removes the record when it ends. Snakemake checks the locks after parsing
+# this file (Workflow.execute: persistence.lock() once the DAG is built), so a run that
+# finds only records of dead processes removes the locks written before them, and
+# Snakemake then finds none. Incomplete outputs of the killed jobs are rerun
+# (rerun-incomplete in profiles/default/config.yaml); a training job still running as
+# an orphan holds its run folder's lock, and the restarted job waits for it
+# (creditbench/train.py).
+# (relative to the working directory)
+RUNNING = Path(".snakemake") / "creditbench-running"
+RECORD = RUNNING / f"{os.getpid()}.json"
+
+
+def _process_start(pid):
+    """The start time of process ``pid`` (clock ticks since boot), or None off Linux."""
+    try:
+        stat = (Path(os.sep) / "proc" / str(pid) / "stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _recorded_snakemake_alive(record):
+    if record.get("host") != socket.gethostname():
+        return True  # another machine's process: it cannot be checked from here
+    pid = int(record["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    start = _process_start(pid)
+    return start is None or record.get("start") in (None, start)  # else a reused pid
+
+
+def drop_stale_locks():
+    """Parse time, in the workflow's own process only: if every Snakemake that ran here
+    is dead, remove the locks they left (those written before their records; a newer
+    Snakemake's locks are left alone)."""
+    if workflow.exec_mode != ExecMode.DEFAULT or not RUNNING.is_dir():
+        return
+    records = {}
+    for path in RUNNING.glob("*.json"):
+        try:
+            records[path] = (json.loads(path.read_text()), path.stat().st_mtime)
+        except (OSError, ValueError):
+            return  # being written: honour the locks
+    if not records or any(_recorded_snakemake_alive(r) for r, _ in records.values()):
+        return
+    recorded_at = max(t for _, t in records.values())
+    stale = [
+        f
+        for f in Path(".snakemake", "locks").glob("*.lock")
+        if f.stat().st_mtime <= recorded_at
+    ]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    for path in records:
+        path.unlink(missing_ok=True)
+    if stale:
+        pids = ", ".join(str(r["pid"]) for r, _ in records.values())
+        logger.warning(
+            f"removed {len(stale)} lock file(s) of a Snakemake that is no longer running "
+            f"(pid {pids}); its incomplete jobs are rerun"
+        )
+
+
+drop_stale_locks()
+
+
+onstart:
+    RUNNING.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        RECORD,
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "start": _process_start(os.getpid()),
+            }
+        ),
+    )
+
+
+onsuccess:
+    RECORD.unlink(missing_ok=True)
+
+
+onerror:
+    RECORD.unlink(missing_ok=True)
