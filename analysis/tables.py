@@ -596,16 +596,8 @@ def sample_efficiency_table(
                 }
                 values = t.value.dropna()
                 n, n_reached = len(values), int(t.reached.sum())
-                row = _summary_row(
-                    run,
-                    method,
-                    "to_threshold",
-                    axis,
-                    **common,
-                    budget=float(t.budget.min()),
-                    n_seeds=n,
-                    n_reached=n_reached,
-                )
+                common.update(budget=float(t.budget.min()), n_seeds=n, n_reached=n_reached)
+                row = _summary_row(run, method, "to_threshold", axis, **common)
                 if n:
                     mean, half, _ = mean_ci(values.tolist())
                     row.update(mean=mean, std=float(values.std(ddof=1)) if n > 1 else math.nan)
@@ -619,16 +611,7 @@ def sample_efficiency_table(
                 sel = (per_seed.run == baseline) & (per_seed.quantity == "to_threshold")
                 sel &= (per_seed.axis == axis) & np.isclose(per_seed.fraction, f)
                 b = per_seed[sel].set_index("seed")
-                s = _summary_row(
-                    run,
-                    method,
-                    "speedup",
-                    axis,
-                    **common,
-                    budget=float(t.budget.min()),
-                    n_seeds=n,
-                    n_reached=n_reached,
-                )
+                s = _summary_row(run, method, "speedup", axis, **common)
                 s.update(speedup(t, b))
                 rows.append(s)
     table = pd.DataFrame(rows, columns=SAMPLE_EFFICIENCY_COLUMNS)
