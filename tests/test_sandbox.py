@@ -50,6 +50,17 @@ def _live_strays() -> list[tuple[int, str]]:
     return strays
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_idle_math_workers():
+    """Earlier tests may leave math-verify's idle worker processes (children of this
+    process, kept for reuse): end them, so that the stray check below sees only what a
+    sandbox test leaves."""
+    from creditbench.tasks import math as math_task
+
+    math_task._end_workers()
+    yield
+
+
 @pytest.fixture(autouse=True)
 def host_is_fine():
     """After every test: no process left behind, this process still small."""
