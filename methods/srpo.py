@@ -385,9 +385,7 @@ class Method:
             if found[k]:
                 self._recharge(s.base, "seed", "rollout")  # base chains are rollouts
             else:
-                fallback[k], _, top_up[k] = fallback_chains(
-                    s, self.N, self.B, self.S, p.fallback
-                )
+                fallback[k], _, top_up[k] = fallback_chains(s, self.N, self.B, self.S, p.fallback)
                 self._recharge(fallback[k], "seed", "rollout")
         if any(top_up):
             for k, extra in enumerate(self._draw(problems, "rollout")(top_up)):
