@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import statistics
 import time
 
@@ -83,7 +84,7 @@ def per_thought_calls(sampler: Sampler, contexts, rules: ThoughtRules, budget: i
             [rows[r] for r in live],
             purpose="x",
             temperature=0,
-            thoughts=ThoughtRules(**{**free.__dict__, "max_thoughts": 1}),
+            thoughts=dataclasses.replace(free, max_thoughts=1),
             max_new_tokens=[budget - len(out[r]) for r in live],
         )
         still = []

@@ -72,3 +72,22 @@ def small_experiment(tmp_path_factory) -> dict:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def random_tiny_model(tok):
+    """An untrained tiny model, seeded, its matrices redrawn with a large std so greedy
+    outputs vary (at the default init, tied embeddings make greedy decoding repeat the last
+    token); the pad/bos/unk embedding rows are zeroed so greedy decoding never picks them."""
+    from creditbench.config import TinyModelConfig
+    from creditbench.model import build_tiny_model
+
+    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    model = build_tiny_model(cfg, tok).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        unused = [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
+        model.get_input_embeddings().weight[unused] = 0.0
+    return model

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_tiny_model
 
-from creditbench.config import ChainsTaskConfig, SamplingConfig, TinyModelConfig
+from creditbench.config import ChainsTaskConfig, SamplingConfig
 from creditbench.ledger import Ledger
 from creditbench.loss import completion_logprobs
 from creditbench.methods import MethodContext
-from creditbench.model import build_char_tokenizer, build_tiny_model
+from creditbench.model import build_char_tokenizer
 from creditbench.rollouts import Batch, thought_token_ends
 from creditbench.sampling import Generation, Sampler
 from creditbench.tasks import Problem
@@ -42,16 +43,7 @@ def model(tok):
     At the default init, tied embeddings make greedy decoding repeat the last token. The
     pad/bos/unk embedding rows are zeroed so greedy decoding never picks them (logit 0).
     """
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-    model = build_tiny_model(cfg, tok).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        unused = [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
-        model.get_input_embeddings().weight[unused] = 0.0
-    return model
+    return random_tiny_model(tok)
 
 
 def make_sampler(model, tok, **cfg) -> Sampler:

@@ -14,11 +14,12 @@ import collections
 
 import pytest
 import torch
+from conftest import random_tiny_model
 
-from creditbench.config import ChainsTaskConfig, SamplingConfig, TinyModelConfig
+from creditbench.config import ChainsTaskConfig, SamplingConfig
 from creditbench.ledger import Ledger
 from creditbench.methods import MethodContext
-from creditbench.model import build_char_tokenizer, build_tiny_model
+from creditbench.model import build_char_tokenizer
 from creditbench.sampling import Sampler
 from creditbench.tasks.chains import ChainsTask
 from creditbench.thoughts import ThoughtRules, ThoughtTracker
@@ -112,17 +113,8 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model(tok):
-    """Untrained, seeded, with large weights so that greedy outputs vary (test_sampling)."""
     torch.manual_seed(0)
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-    m = build_tiny_model(cfg, tok).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        m.get_input_embeddings().weight[[tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]] = 0
-    return m
+    return random_tiny_model(tok)
 
 
 def expected_cut(ids: list[int], tok, rules: ThoughtRules, budget: int, done: int = 0):
