@@ -401,10 +401,20 @@ def test_a_second_trainer_on_the_same_run_waits_for_the_first_and_resumes_equal(
     while not (out / "metrics.partial.jsonl").is_file():  # the first holds the lock
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.02)
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # the first is paused while it holds the lock, so the second meets it however fast
+    # the first would otherwise finish; it resumes once the second has said it waits
+    os.kill(first.pid, signal.SIGSTOP)
+    second_err = tmp_path / "second.err"
+    with second_err.open("w") as err:
+        second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        message = f"locked by another training process (pid {first.pid})"
+        while message not in second_err.read_text():
+            assert second.poll() is None and time.monotonic() < deadline, second_err.read_text()
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGCONT)
+        second_out, _ = second.communicate(timeout=600)
     _, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err[-3000:]
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"locked by another training process (pid {first.pid})" in second.stderr
-    assert json.loads(second.stdout.splitlines()[-1])["step"] == PREEMPT_STEPS
+    assert second.returncode == 0, second_err.read_text()[-3000:]
+    assert json.loads(second_out.splitlines()[-1])["step"] == PREEMPT_STEPS
     _assert_same_run(cli_reference, out)
