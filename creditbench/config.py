@@ -376,11 +376,39 @@ class WarmStartConfig(Strict):
 
 
 # ----------------------------------------------------------------------- sampling
+class VLLMConfig(Strict):
+    """The vLLM rollout engine (``sampling.backend: vllm``; ``creditbench/vllm_backend.py``).
+
+    One engine per training process, colocated with the trainer, prefix caching on.
+    ``tensor_parallel_size``: GPUs per engine (1 on CPU). ``gpu_memory_utilization``: the
+    share of a GPU's memory the engine may take (weights and KV cache; the trainer needs
+    the rest). ``sleep``: release the engine's memory during the update (vLLM sleep mode;
+    null: where the platform supports it, i.e. CUDA; true where it does not is an error).
+    ``cpu_kv_cache_gib``: the KV cache of the CPU build, in GiB. ``max_model_len``: the
+    longest context plus completion (null: the model's ``max_position_embeddings``).
+    ``enforce_eager``: no CUDA graphs (faster start-up, slower decode).
+    """
+
+    tensor_parallel_size: PositiveInt = 1
+    gpu_memory_utilization: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    sleep: bool | None = None
+    cpu_kv_cache_gib: PositiveFloat = 1.0
+    max_model_len: PositiveInt | None = None
+    enforce_eager: bool = True
+
+
 class SamplingConfig(Strict):
+    """``backend``: what samples the training rollouts: ``hf`` (transformers' ``generate``
+    on the trainer's own model) or ``vllm`` (a colocated vLLM engine, ``vllm``'s settings;
+    install it with ``scripts/vllm_cpu_env.sh`` on CPU). Evaluation and diagnostics always
+    use ``hf``."""
+
     temperature: PositiveFloat = 1.0
     top_p: Probability = 1.0
     max_new_tokens: PositiveInt = 96  # the response length (a suffix: prefix + suffix)
     batch_size: PositiveInt = 256
+    backend: Literal["hf", "vllm"] = "hf"
+    vllm: VLLMConfig = VLLMConfig()
 
 
 # ------------------------------------------------------------------------- train

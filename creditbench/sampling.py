@@ -21,6 +21,7 @@ count of thoughts already in its context (a continuation from a reset state).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,6 +106,40 @@ class Sampler:
             thought_rules=getattr(task, "thought_rules", None),
             stop_strings=list(getattr(task, "stop_strings", ()) or ()),
         )
+
+    @classmethod
+    def for_rollouts(
+        cls,
+        model,
+        tokenizer,
+        cfg: SamplingConfig,
+        task,
+        ledger: Ledger | None = None,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> Sampler:
+        """The training rollouts' sampler: ``for_task`` on the backend ``cfg.backend`` names.
+
+        ``hf``: this class (``generate`` on the live model). ``vllm``: a
+        ``creditbench.vllm_backend.VLLMSampler`` (imported only then, so the project runs
+        without vLLM installed), whose per-request seeds derive from ``seed`` and
+        ``rank``. Either way the trainer enters ``sampler.rollouts(step)`` around a step's
+        sampling (the vLLM engine takes the model's current weights there).
+        """
+        if cfg.backend == "hf":
+            return cls.for_task(model, tokenizer, cfg, task, ledger)
+        if cfg.backend == "vllm":
+            from creditbench.vllm_backend import VLLMSampler
+
+            return VLLMSampler.for_task(model, tokenizer, cfg, task, ledger, seed=seed, rank=rank)
+        raise ValueError(f"sampling.backend must be 'hf' or 'vllm', got {cfg.backend!r}")
+
+    def rollouts(self, step: int):
+        """A step's sampling (the trainer's ``collect``): ``generate`` calls inside sample
+        from the model's weights as they are on entry. Here a no-op (``generate`` runs the
+        live model); an engine with its own copy of the weights syncs them on entry."""
+        return nullcontext()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

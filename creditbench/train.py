@@ -213,8 +213,14 @@ class Trainer:
         if self.world > 1:
             seed_everything(seed + self.rank)  # each process samples its own completions
         self.ledger = Ledger()  # this process's tokens (global_ledger sums them)
-        self.sampler = Sampler.for_task(
-            self.model, self.tokenizer, run.sampling, self.task, self.ledger
+        self.sampler = Sampler.for_rollouts(  # sampling.backend: hf or vllm
+            self.model,
+            self.tokenizer,
+            run.sampling,
+            self.task,
+            self.ledger,
+            seed=seed,
+            rank=self.rank,
         )
         module = load_method(run.method, methods_dir)
         # a method's private per-step RNGs (step_rng) differ between processes too
@@ -605,7 +611,11 @@ class Trainer:
                     self.train_problems[i]
                     for i in shard(step_problems, self.world, self.rank, "train.prompts_per_step")
                 ]
-                with self.ledger.phase("collect"), self._generating():
+                with (
+                    self.ledger.phase("collect"),
+                    self._generating(),
+                    self.sampler.rollouts(self.step),  # an engine takes the current weights
+                ):
                     groups = self.method.collect(problems, self.step)
                 with self.ledger.phase("credit"):
                     trained = self.method.advantages(groups)
