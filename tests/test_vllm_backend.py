@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,18 +43,31 @@ def _config(**runs):
     data = copy.deepcopy(SMALL)
     data["experiment"] = "vllm"
     data["model"] = {"tiny": HEAD_DIM_32}
+    # a shorter warm start than the main suite's (the skills only SRPO's localisation uses)
+    data["warm_start"] = {
+        **data["warm_start"],
+        "steps": 400,
+        "skill_steps": 40,
+        "eval_problems": 20,
+    }
     data["runs"] = runs or {"grpo": {"method": "grpo"}}
     return experiment_from_dict(data)
 
 
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory):
-    """Data and a warm-started head_dim-32 model (about a minute)."""
-    root = tmp_path_factory.mktemp("vllm")
+    """Data and a warm-started head_dim-32 model (about a minute on 2 idle cores).
+    ``CREDITBENCH_VLLM_TEST_CACHE``: a folder that keeps them between runs."""
+    cache = os.environ.get("CREDITBENCH_VLLM_TEST_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("vllm")
     cfg = _config()
     data = root / "data"
-    make_task(cfg.task).write_data(data)
-    record = warm_start(cfg, data, root / "base")
+    if not (data / "train.jsonl").is_file():
+        make_task(cfg.task).write_data(data)
+    if (root / "base" / "warmstart.json").is_file():
+        record = json.loads((root / "base" / "warmstart.json").read_text())
+    else:
+        record = warm_start(cfg, data, root / "base")
     task = make_task(cfg.task, data)
     tok = load_tokenizer(root / "base")
     model = load_policy(root / "base", cfg.model, torch.device("cpu")).eval()
