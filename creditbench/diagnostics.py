@@ -30,12 +30,20 @@ Four measurements (``analysis.diagnostics`` runs them, writes JSON, tables and f
    sampled from the same probe prefix: is the one with the higher K-sample MC value the one
    with the higher ground-truth value, for each K (pairs with a clear true gap only)?
 
+5. **A learned critic against the truth** (``critic_diagnostics``; PPO's critic,
+   ``methods/ppo.py``): its values of the probe states against their MC values (error,
+   correlation), and its ranking of the same pairs of next thoughts as item 4, beside the
+   K-sample MC ranking (VinePPO's value analysis: critics rank alternative steps barely
+   above chance). ``critic_over_training`` does this at the warm start, each kept
+   checkpoint and the end of a run, each against the truth of that policy.
+
 SRPO's localisation and correction rates are per-step metrics of ``methods/srpo.py``
 (``Method.step_metrics``); ``gradient_variance`` pools them over its batches at the base.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -554,6 +562,9 @@ def vine_ranking(
                 "gap_se": se,
                 "clear": clear,
                 "accuracy": {str(k): v for k, v in acc.items()},
+                # the states themselves, for a learned critic's ranking (critic_diagnostics)
+                "prompt_ids": list(p["prompt_ids"]),
+                "side_ids": [list(a["ids"]), list(b["ids"])],
             }
         )
     accuracy = {}
@@ -882,3 +893,162 @@ def diagnose_run(
     out = asdict(rd)
     out["settings"] = asdict(settings)
     return out
+
+
+# ------------------------------------------------------------- 5. a learned critic
+def _pair_score(diff: float, truth_diff: float) -> float:
+    """1 when ``diff`` orders a pair as the truth does, 1/2 for a tie, else 0."""
+    if diff == 0:
+        return 0.5
+    return float((diff > 0) == (truth_diff > 0))
+
+
+def critic_diagnostics(
+    truth: dict, state_values: Callable[[list[tuple[list[int], list[int]]]], list[float]]
+) -> dict:
+    """A critic's value error on the probe states and its ranking of the value-ranking pairs.
+
+    ``state_values(states)``: the critic's ``V(s)`` of ``(prompt_ids, prefix_ids)`` states
+    (PPO: ``Method.state_values``). Value error, over every probe state ``s_k``
+    (k = 0..n-1) against its MC value (``truth["probes"][i]["values"]``): mean absolute
+    error, RMSE, bias (mean of critic - MC) and Pearson correlation. Ranking, over the
+    pairs of ``truth["ranking"]`` with a clear true gap: 1 when the critic orders the two
+    next-thought states as the truth does, 1/2 for a tie, 0 otherwise; a terminal side
+    (the thought ended the completion) takes its reward, as in the K-sample ranking (its
+    return is known to the learner). Beside it, the K-sample MC accuracies of item 4.
+    """
+    states, mc = [], []
+    for rec in truth["probes"]:
+        ends = step_ends(rec["thought_ends"], len(rec["completion_ids"]))
+        for k, prefix_len in enumerate([0, *ends[:-1]]):
+            states.append((list(rec["prompt_ids"]), list(rec["completion_ids"][:prefix_len])))
+            mc.append(float(rec["values"][k]))
+    v = np.asarray(state_values(states) if states else [], dtype=np.float64)
+    m = np.asarray(mc, dtype=np.float64)
+    err = v - m
+    value_error = {
+        "states": int(m.size),
+        "mae": float(np.abs(err).mean()) if m.size else math.nan,
+        "rmse": float(np.sqrt((err**2).mean())) if m.size else math.nan,
+        "bias": float(err.mean()) if m.size else math.nan,
+        "pearson": _pearson(v, m),
+        "critic_mean": float(v.mean()) if v.size else math.nan,
+        "mc_mean": float(m.mean()) if m.size else math.nan,
+    }
+    ranking = truth.get("ranking") or {}
+    records = [r for r in ranking.get("records", []) if r["clear"]]
+    open_states = [
+        (r["prompt_ids"], side)
+        for r in records
+        for side, term in zip(r["side_ids"], r["terminal"], strict=True)
+        if not term
+    ]
+    open_values = iter(state_values(open_states) if open_states else [])
+    scores = []
+    for r in records:
+        pair = [
+            float(val) if term else float(next(open_values))
+            for val, term in zip(r["values"], r["terminal"], strict=True)
+        ]
+        scores.append(_pair_score(pair[0] - pair[1], r["gap"]))
+    x = np.asarray(scores, dtype=np.float64)
+    critic_rank = {
+        "accuracy": float(x.mean()) if x.size else math.nan,
+        "se": float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan,
+        "pairs": int(x.size),
+    }
+    return {
+        "value_error": value_error,
+        "ranking": {"critic": critic_rank, "mc": ranking.get("accuracy", {})},
+    }
+
+
+def load_owned(method, owned: dict[str, dict] | str | Path | None) -> None:
+    """Load a method's owned state (a critic) from ``{name: module state dict}``, a run's
+    ``owned/`` folder, or a checkpoint's ``state.pt``; None keeps the initial state."""
+    if owned is None:
+        return
+    if isinstance(owned, (str, Path)):
+        path = Path(owned)
+        if path.is_dir():
+            owned = {n: torch.load(path / f"{n}.pt", weights_only=True) for n in method.ctx.owned}
+        else:
+            saved = torch.load(path, weights_only=False).get("owned", {})
+            owned = {n: st["module"] for n, st in saved.items()}
+    for name, st in method.ctx.owned.items():
+        if name not in owned or owned[name] is None:
+            raise KeyError(f"no saved state for the method's {name!r} (found {sorted(owned)})")
+        st.unwrapped.load_state_dict(owned[name])
+
+
+def critic_over_training(
+    cfg: ExperimentConfig,
+    run_name: str,
+    run_dir: str | Path,
+    init_model: str | Path,
+    data: str | Path,
+    settings: DiagnosticsSettings,
+) -> list[dict]:
+    """``critic_diagnostics`` of a run's critic at the warm start (its initial critic),
+    at each kept checkpoint and at the end, each against the ground truth (values and
+    ranking pairs) of the policy at that point."""
+    run = cfg.run(run_name)
+    run_dir = Path(run_dir)
+    points: list[tuple[str, Path, object]] = [("step 0", Path(init_model), None)]
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: p.name)
+    for c in ckpts:
+        points.append((f"step {int(c.name.split('_')[1])}", c / "model", c / "state.pt"))
+    if (run_dir / "model").is_dir() and (run_dir / "owned").is_dir():
+        steps = json.loads((run_dir / "ledger.json").read_text()).get("steps", "end")
+        points.append((f"step {steps} (final)", run_dir / "model", run_dir / "owned"))
+    out = []
+    for label, model_dir, owned in points:
+        if any(o["point"] == label.split(" (")[0] for o in out):
+            continue  # the final state is the last checkpoint's
+        t0 = time.perf_counter()
+        base = load_base(cfg, model_dir, data)
+        truth = ground_truth(cfg, base, settings)
+        ctx = _context(base, run.sampling, run, settings.seed)
+        method = build_method(run, ctx, cfg.methods_dir)
+        if not hasattr(method, "state_values"):
+            raise TypeError(f"run {run_name!r}: method {run.method!r} has no critic values")
+        load_owned(method, owned)
+        res = critic_diagnostics(truth, method.state_values)
+        res.update(point=label.split(" (")[0], seconds=time.perf_counter() - t0)
+        res["truth_summary"] = truth["summary"]
+        out.append(res)
+    return out
+
+
+def critic_table(rows: Sequence[dict]) -> str:
+    """Markdown: the critic's ranking accuracy beside the K-sample MC ranking, and its value
+    error, one row per point of training."""
+    ks = sorted({int(k) for r in rows for k in r["ranking"]["mc"]})
+
+    def cell(d: dict) -> str:
+        if not d or d.get("pairs", 0) == 0 or math.isnan(d.get("accuracy", math.nan)):
+            return "–"
+        se = d.get("se", math.nan)
+        return f"{100 * d['accuracy']:.1f}" + ("" if math.isnan(se) else f" ± {100 * se:.1f}")
+
+    head = ["point", "pairs", "critic", *[f"MC K={k}" for k in ks], "MAE", "RMSE", "bias", "r"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ve, rk = r["value_error"], r["ranking"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["point"],
+                    str(rk["critic"]["pairs"]),
+                    cell(rk["critic"]),
+                    *[cell(rk["mc"].get(str(k), {})) for k in ks],
+                    f"{ve['mae']:.3f}",
+                    f"{ve['rmse']:.3f}",
+                    f"{ve['bias']:+.3f}",
+                    f"{ve['pearson']:.2f}",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,9 @@ run stopped at any point resumes from its last complete checkpoint and ends with
 the same weights as an uninterrupted run (bitwise, on CPU).
 
 Outputs in ``out_dir``: ``model/`` (final, ``save_pretrained``), ``metrics.jsonl``
-(one line per step; evaluation lines carry ``eval/...`` keys), ``ledger.json``.
+(one line per step; evaluation lines carry ``eval/...`` keys), ``ledger.json``, and
+``owned/<name>.pt`` for trainable state a method owns (``MethodContext.own``: a critic),
+which checkpoints hold and restore with the policy.
 While training, metrics go to ``metrics.partial.jsonl`` and checkpoints to
 ``checkpoints/``; neither is a declared output, so a workflow manager that clears
 the outputs of an interrupted job loses nothing.
@@ -234,6 +236,8 @@ class Trainer:
             seed + self.rank,
             collective=self.dist,  # cross-process statistics (VinePPO's whitening)
         )
+        # a method's own trainable state (a critic) is prepared as the policy is
+        self.ctx.prepare_owned = self._prepare_owned
         self.method = module.Method(module.Params(**run.params), self.ctx)
         # not ``accelerator.prepare``d: an AcceleratedScheduler steps once per process,
         # and one scheduler step here is one global optimiser step
@@ -291,6 +295,11 @@ class Trainer:
                 "rng": rng_state(),
                 "ledger": ledger.to_dict(),
             }
+            if self.ctx.owned:  # sharded: module and optimiser are in accelerate's state
+                state["owned"] = {
+                    name: st.state_dict(module=not self.sharded, optimizer=not self.sharded)
+                    for name, st in self.ctx.owned.items()
+                }
             if self.world > 1:
                 state["num_processes"] = self.world
             torch.save(state, tmp / "state.pt")
@@ -318,6 +327,14 @@ class Trainer:
             self._load_weights(path / "model")
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        saved_owned = state.get("owned", {})
+        for name, st in self.ctx.owned.items():
+            if name not in saved_owned:
+                raise RuntimeError(
+                    f"checkpoint {path} has no state for the method's {name!r} "
+                    f"(it holds {sorted(saved_owned)}): was it written by another method?"
+                )
+            st.load_state_dict(saved_owned[name])
         saved_world = state.get("num_processes", 1)
         rank_rng = path / f"rng_rank{self.rank}.pt"
         if self.rank == 0:
@@ -341,6 +358,51 @@ class Trainer:
             self._truncate_metrics(self.step)
         log.info("resumed from %s", path)
         return True
+
+    def _prepare_owned(self, name, module, optimizer, scheduler, max_grad_norm, ctx):
+        """``MethodContext.own`` under the trainer: accelerate places and wraps the
+        method's module and optimiser (DDP / FSDP like the policy); the scheduler, as the
+        policy's, is not prepared (one step per optimiser step)."""
+        from creditbench.methods import OwnedState
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # accelerate drives one DeepSpeed engine per Accelerator (its backward is the
+            # last prepared engine's): a second model would take over the policy's
+            raise ValueError(
+                f"run {self.run.name!r}: method {self.run.method!r} owns trainable state "
+                f"({name!r}), which DeepSpeed cannot train beside the policy in one "
+                "Accelerator; use launch.accelerate_config: ddp or fsdp"
+            )
+        wrapped, optimizer = self.accelerator.prepare(module, optimizer)
+        return OwnedState(
+            name,
+            wrapped,
+            optimizer,
+            scheduler,
+            max_grad_norm,
+            ctx=ctx,
+            accelerator=self.accelerator,
+            unwrapped=self.accelerator.unwrap_model(wrapped),
+        )
+
+    def _save_owned(self) -> None:
+        """Collective: each method-owned module's weights to ``<out>/owned/<name>.pt``."""
+        owned = self.ctx.owned
+        if not owned:
+            return
+        acc = self.accelerator
+        states = {
+            name: acc.get_state_dict(st.module) if self.sharded else st.unwrapped.state_dict()
+            for name, st in owned.items()
+        }
+        if self.is_main:
+            tmp = self.out_dir / ".owned.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name, sd in states.items():
+                torch.save(sd, tmp / f"{name}.pt")
+            replace_dir(tmp, self.out_dir / "owned")
+        acc.wait_for_everyone()
 
     def _load_weights(self, model_dir: Path) -> None:
         from safetensors.torch import load_file
@@ -626,6 +688,9 @@ class Trainer:
                             self._batch_rows(trained, buffer), self.tokenizer.pad_token_id
                         )
                     )
+                    # the method's own trainable state (a critic), after the policy's update
+                    if hasattr(self.method, "update"):
+                        stats.update(self.method.update(trained, self.step) or {})
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
                 # "reward": fresh chains from the prompt only (comparable across methods);
@@ -718,6 +783,7 @@ class Trainer:
         ledger = self._global_ledger().to_dict()
         # sharded backends: the full state dict is gathered by every process
         state_dict = acc.get_state_dict(self.model_wrapped) if self.sharded else None
+        self._save_owned()  # before the declared outputs: they mark the run finished
         if self.is_main:
             tmp = self.out_dir / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)

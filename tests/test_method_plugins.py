@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 from conftest import small_config
+from safetensors.torch import load_file
 
 from creditbench.config import ConfigError
 from creditbench.methods import DEFAULT_METHODS_DIR, available_methods, load_method
@@ -90,3 +91,114 @@ def test_a_method_file_without_the_interface_is_rejected(tmp_path):
     (tmp_path / "broken.py").write_text("x = 1\n")
     with pytest.raises(KeyError, match="does not define"):
         load_method("broken", tmp_path)
+
+
+# A method from a user folder that owns trainable state: a learned baseline b (one
+# parameter), A = R - b, b trained by SGD on (R - b)^2 after each policy update.
+BASELINE = textwrap.dedent(
+    '''
+    """A learned scalar baseline (a test method that owns trainable state)."""
+    import torch
+    from pydantic import BaseModel, ConfigDict
+
+    from creditbench.rollouts import Group
+
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        baseline_lr: float = 0.5
+
+
+    class Baseline(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, attention_mask):
+            return self.b.expand(attention_mask.size(0))
+
+
+    class Method:
+        def __init__(self, params, ctx):
+            self.params, self.ctx = params, ctx
+            module = Baseline()
+            opt = torch.optim.SGD(module.parameters(), lr=params.baseline_lr)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+            self.state = ctx.own("baseline", module, opt, sched)
+
+        def collect(self, problems, step):
+            n = self.ctx.run.train.group_size
+            return [Group(t) for t in self.ctx.rollout(problems, n, purpose="rollout")]
+
+        def _mask(self, trajs):
+            return torch.ones(len(trajs), 1, device=self.state.unwrapped.b.device)
+
+        def advantages(self, groups):
+            trajs = [t for g in groups for t in g.trajectories]
+            with torch.no_grad():
+                b = self.state(attention_mask=self._mask(trajs))
+            return [t.set_credit(t.reward - float(v)) for t, v in zip(trajs, b)]
+
+        def update(self, trained, step):
+            r = torch.tensor([t.reward for t in trained], device=self.state.unwrapped.b.device)
+            loss = ((r - self.state(attention_mask=self._mask(trained))) ** 2).mean()
+            self.state.backward(loss)
+            self.state.step()
+            return {"baseline/b": float(self.state.unwrapped.b)}
+    '''
+)
+
+
+def test_a_user_method_file_owns_trainable_state_checkpointed_and_resumed(
+    small_experiment, tmp_path
+):
+    """The file lives in a user folder and the engine is not touched: the baseline is
+    placed, stepped, charged to the ledger, checkpointed and restored (optimiser and
+    scheduler included), and a run stopped at step 3 resumes to the uninterrupted result."""
+    import torch
+
+    methods = tmp_path / "user_methods"
+    methods.mkdir()
+    (methods / "learned_baseline.py").write_text(BASELINE)
+    cfg = small_config(methods_dir=str(methods), runs={"b": {"method": "learned_baseline"}})
+    run = cfg.run("b")
+    exp = small_experiment
+
+    def trainer(out):
+        return Trainer(run, 0, exp["base"], exp["data"], out, methods)
+
+    full = trainer(tmp_path / "full")
+    ledger = full.train()
+    assert full.method.state.steps == run.train.steps == 4
+    assert full.method.state.scheduler.get_last_lr() == [0.5 * 0.5**4]
+    rows = [json.loads(r) for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all("baseline/b" in r for r in rows) and rows[-1]["baseline/b"] != 0.0
+    # the forward in advantages (no gradient) and the one in update (gradient): one token
+    # per trajectory (the attention mask's sum), 16 trajectories a step
+    assert ledger["forwarded_tokens"]["baseline_forward"] == 4 * 16
+    assert ledger["forwarded_tokens"]["baseline_update"] == 4 * 16
+    saved = torch.load(tmp_path / "full" / "owned" / "baseline.pt", weights_only=True)
+    assert float(saved["b"]) == rows[-1]["baseline/b"]
+
+    first = trainer(tmp_path / "resumed")
+    first.train(until_step=3)
+    state = torch.load(
+        tmp_path / "resumed" / "checkpoints" / "step_000003" / "state.pt", weights_only=False
+    )
+    assert state["owned"]["baseline"]["steps"] == 3
+    assert state["owned"]["baseline"]["scheduler"]["last_epoch"] == 3
+    second = trainer(tmp_path / "resumed")
+    assert second.try_resume() and second.method.state.steps == 3
+    assert float(second.method.state.unwrapped.b) == float(first.method.state.unwrapped.b)
+    second.train()
+    again = torch.load(tmp_path / "resumed" / "owned" / "baseline.pt", weights_only=True)
+    assert torch.equal(again["b"], saved["b"])
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # a checkpoint without the method's state (another method's) is refused by name
+    grpo = small_config().run("grpo")
+    Trainer(grpo, 0, exp["base"], exp["data"], tmp_path / "other").train(until_step=2)
+    with pytest.raises(RuntimeError, match="no state for the method's 'baseline'"):
+        trainer(tmp_path / "other").try_resume()
