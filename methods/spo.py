@@ -304,7 +304,7 @@ class Method:
             trajs, per_token, masks = self.tree_credit(groups)
         else:
             trajs, per_token, masks = self.chain_credit(groups)
-        if p.whiten and trajs:
+        if p.whiten:  # every process, trajectories or not: the statistics are pooled
             stats_masks = masks if p.prob_mask else [None] * len(trajs)
             if p.variant == "tree":  # the context is no part of the sequence's tokens
                 stats_masks = [
