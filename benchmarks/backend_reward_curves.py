@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--warm-steps", type=int, default=400)
     p.add_argument("--window", type=int, default=4)
+    p.add_argument("--block-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=["grpo", "srpo_1x4"])
     p.add_argument("--workdir", type=Path, default=None)

@@ -54,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--warm-steps", type=int, default=400, help="supervised warm-start steps")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--block-size", type=int, default=32, help="vLLM KV block (the prefix cache's unit)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="reuse data and model from here")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -81,7 +84,10 @@ def config(args, runs=None):
                 "warmup_steps": 20,
                 "eval_problems": 16,
             },
-            "sampling": {"max_new_tokens": args.max_new_tokens},
+            "sampling": {
+                "max_new_tokens": args.max_new_tokens,
+                "vllm": {"block_size": args.block_size},
+            },
             "train": {
                 "prompts_per_step": args.prompts // 2,
                 "group_size": args.group,
@@ -153,9 +159,10 @@ def main() -> None:
         task = make_task(cfg.task, root / "data")
         tok = load_tokenizer(root / "base")
         model = load_policy(root / "base", cfg.model, torch.device("cpu")).eval()
-        hf = Sampler.for_task(model, tok, cfg.sampling, task, Ledger())
+        sampling = cfg.run("grpo").sampling
+        hf = Sampler.for_task(model, tok, sampling, task, Ledger())
         prompts = [hf.encode_prompt(p.prompt) for p in task.load("train")[: args.prompts]]
-        vcfg = cfg.sampling.model_copy(update={"backend": "vllm"})
+        vcfg = sampling.model_copy(update={"backend": "vllm"})
         vs = VLLMSampler.for_task(model, tok, vcfg, task, Ledger(), seed=args.seed)
         t0 = time.perf_counter()
         vs.start_engine()
@@ -187,7 +194,7 @@ def main() -> None:
         res["srpo_1x4"] = method_step(args, root, "srpo", {"split": "1x4"})
         res["vineppo"] = method_step(args, root, "vineppo", {})
     r = res["rollout"]
-    print(f"model: {res['model']}, torch threads {res['threads']}")
+    print(f"model: {res['model']}, torch threads {res['threads']}, KV block {args.block_size}")
     print(
         f"engine start-up: {startup:.1f} s (LLM() {vs.startup_seconds:.1f} s); "
         f"weight push {push * 1e3:.1f} ms"

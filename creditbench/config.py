@@ -386,7 +386,10 @@ class VLLMConfig(Strict):
     null: where the platform supports it, i.e. CUDA; true where it does not is an error).
     ``cpu_kv_cache_gib``: the KV cache of the CPU build, in GiB. ``max_model_len``: the
     longest context plus completion (null: the model's ``max_position_embeddings``).
-    ``enforce_eager``: no CUDA graphs (faster start-up, slower decode).
+    ``enforce_eager``: no CUDA graphs (faster start-up, slower decode). ``block_size``:
+    tokens per KV-cache block, the prefix cache's unit (null: vLLM's, 128 on CPU, where
+    it must be a multiple of 32; a prefix shorter than a block is never served from the
+    cache).
     """
 
     tensor_parallel_size: PositiveInt = 1
@@ -395,6 +398,7 @@ class VLLMConfig(Strict):
     cpu_kv_cache_gib: PositiveFloat = 1.0
     max_model_len: PositiveInt | None = None
     enforce_eager: bool = True
+    block_size: PositiveInt | None = None
 
 
 class SamplingConfig(Strict):

