@@ -59,6 +59,18 @@ class ChainsTaskConfig(Strict):
     n_train: PositiveInt = 20000
     n_test: PositiveInt = 500
     data_seed: int = 1234
+    # [choice] how a localisation answer names the first wrong thought: ``review``
+    # goes through the numbered thoughts up to it, each as the value it wrote and the
+    # step redone (``1|12=7+5=12``, ``2|35=12*3=36``: the first whose values differ is
+    # named), so the skill is reading a line and redoing a step; ``verdicts`` gives a
+    # mark per thought (``1+2-``); ``index`` the number alone (``2``), as SRPO's math
+    # prompt asks, which a small model does not learn (benchmarks/pilot_localisation.py).
+    # The parser reads any of them
+    localisation_answer: Literal["review", "verdicts", "index"] = "review"
+    # [choice] repaired demonstrations (warm_start.demo_repair_rate) repair their slip
+    # after up to this many carried lines (uniform; 0: in the next thought); the oracle
+    # accepts a repair of the pending slip at any distance
+    repair_max_delay: Annotated[int, Field(ge=0)] = 8
 
     @model_validator(mode="after")
     def _lengths(self) -> ChainsTaskConfig:

@@ -101,7 +101,15 @@ def evaluate_localisation(
             contexts = [
                 sampler.encode_prompt(task.localisation_prompt(p, text)) for p, text, _ in items
             ]
-            outs = sampler.generate(contexts, purpose="eval", temperature=0.0, max_new_tokens=4)
+            # room for the longest answer the task's format could give, and a little more
+            budgets = [
+                len(sampler.encode(task.localisation_target(max(len(task.segment(t)), 1), t, p)))
+                + 2
+                for p, t, _ in items
+            ]
+            outs = sampler.generate(
+                contexts, purpose="eval", temperature=0.0, max_new_tokens=budgets, thoughts=None
+            )
             hits, chance = 0, 0.0
             for (_, text, truth), o in zip(items, outs, strict=True):
                 n = len(task.segment(text))

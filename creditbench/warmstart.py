@@ -104,7 +104,7 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
         p = rng.choice(train)
         text, first_wrong = task.corrupt(p, rng)
         return encode_prompt(task.localisation_prompt(p, text)), encode(
-            task.localisation_target(first_wrong)
+            task.localisation_target(first_wrong, text, p)
         ) + eos
 
     def revision_pair():

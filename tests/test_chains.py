@@ -279,9 +279,60 @@ def test_localisation_prompt_and_target_format(p7):
     assert t.localisation_prompt(p7, text) == (
         "7+5*3-4\n1|7+5=12\n2|12*3=35\n3|~12*3=36\n4|36-4=31\n5|A:31\n?"
     )
-    assert t.localisation_target(t.first_error(p7, text)) == "2\n"
-    assert t.localisation_target(3) == "3\n"
-    assert t.parse_localisation(t.localisation_target(3), 4) == Localisation(3, True)
+    # the default answer reviews the thoughts up to the first wrong one: the value each
+    # wrote and its step redone; the first that differ name it
+    assert t.localisation_target(t.first_error(p7, text), text, p7) == (
+        "1|12=7+5=12\n2|35=12*3=36\n"
+    )
+    assert t.localisation_target(1, "7+5=13\n", p7) == "1|13=7+5=12\n"
+    assert t.localisation_target(4, "7+5=12\n12*3=36\n36-4=32\nA:31\n", p7) == (
+        "1|12=7+5=12\n2|36=12*3=36\n3|32=36-4=32\n4|31=A:32\n"  # the answer line
+    )
+    assert t.localisation_target(2, "7+5=12\n", p7) == "1|12=7+5=12\n2|=12*3=36\n"  # missing
+    # every planted error is named back by its own review (its value always differs)
+    wide = task(min_len=2, max_len=6)
+    rng = random.Random(0)
+    for _ in range(500):
+        p = wide.make_problem(rng, rng.randint(2, 6), "p")
+        failed, k = wide.corrupt(p, rng)
+        n = len(wide.segment(failed))
+        target = wide.localisation_target(k, failed, p)
+        assert wide.parse_localisation(target, n) == Localisation(k, True), (failed, target)
+    with pytest.raises(ValueError, match="pass both"):
+        t.localisation_target(2, text)
+    verdicts = task(localisation_answer="verdicts")
+    assert verdicts.localisation_target(1) == "1-\n"
+    assert verdicts.localisation_target(3) == "1+2+3-\n"
+    assert verdicts.parse_localisation(verdicts.localisation_target(3), 4) == Localisation(3, True)
+    index = task(localisation_answer="index")
+    assert index.localisation_target(t.first_error(p7, text)) == "2\n"
+    assert index.localisation_target(3) == "3\n"
+    assert index.parse_localisation(index.localisation_target(3), 4) == Localisation(3, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "n", "expected"),
+    [
+        ("1+2+3-\n", 5, Localisation(3, True)),
+        ("1-", 5, Localisation(1, True)),
+        ("1+2-3+4-\n", 5, Localisation(2, True)),  # the first thought marked wrong
+        ("1+2+3+4+5+\n", 5, Localisation(5, True)),  # all right: the last (the answer line)
+        ("1+2+", 5, Localisation(5, True)),  # cut short, none marked wrong: the last
+        ("1+7-\n", 5, Localisation(5, True)),  # the number it wrote, clamped to [1, n]
+        ("1+0-", 5, Localisation(1, True)),
+        ("1+x3-", 5, Localisation(5, True)),  # verdicts read up to the first that fails
+        ("+-", 5, Localisation(1, False)),
+        ("1|12=7+5=12\n2|35=12*3=36\n", 5, Localisation(2, True)),  # reviewed thoughts
+        ("1|12=7+5=12\n2|36=12*3=36\n3|32=36-4=32\n", 5, Localisation(5, True)),
+        ("1|12=7+5=12\n2|35=12*3=36\n3|36=12*3=36\n", 5, Localisation(2, True)),
+        ("1|12=7+5=12\n2|35=12*3", 5, Localisation(5, True)),  # cut short in a thought
+        ("1|3=A:4\n", 5, Localisation(1, True)),
+        ("3|31=36-4=32\n", 5, Localisation(3, True)),  # the number it wrote
+        ("1|12=7+5=12\n9|31=36-4=32\n", 5, Localisation(5, True)),  # clamped
+    ],
+)
+def test_parse_verdicts_names_the_first_thought_marked_wrong(text, n, expected):
+    assert task().parse_localisation(text, n) == expected
 
 
 # ---------------------------------------------------------------- data files
@@ -367,8 +418,15 @@ REPAIRED_7 = "7+5=12\n12*3=35\n~12*3=36\n36-4=32\nA:32\n"  # slip at 2, repaired
         ("7+5=12\n12*3=35\n~12*4=48\n36-4=32\nA:32\n", 2, 2, 0, 0.0),
         # a repair of a right line is a wrong thought, even with the right answer after it
         ("7+5=12\n~7+5=12\n12*3=36\n36-4=32\nA:32\n", 2, 2, 0, 0.0),
-        # too late: the slip at 2 was carried into 3 before the repair
-        ("7+5=12\n12*3=35\n35-4=31\n~36-4=32\nA:32\n", 2, 2, 1, 0.0),
+        # a repair after a carried line: it redoes the slip and supersedes the lines since
+        ("7+5=12\n12*3=35\n35-4=31\n~12*3=36\n36-4=32\nA:32\n", 2, None, 1, 1.0),
+        ("7+5=13\n13*3=39\n39-4=35\n~7+5=12\n12*3=36\n36-4=32\nA:32\n", 1, None, 1, 1.0),
+        # a redo of the carried line, not of the slip, is a wrong repair
+        ("7+5=12\n12*3=35\n35-4=31\n~36-4=32\nA:32\n", 2, 2, 0, 0.0),
+        # only the pending slip can be repaired: once repaired, a second repair is wrong
+        ("7+5=12\n12*3=35\n~12*3=36\n36-4=32\n~12*3=36\nA:32\n", 2, 5, 1, 0.0),
+        # a wrong answer line ends the chance: a slip pending there stays unrepaired
+        ("7+5=12\n12*3=35\n35-4=31\nA:31\n~12*3=36\n36-4=32\nA:32\n", 2, 2, 0, 0.0),
         # a repair of a repair, of the answer line, as the first thought
         ("7+5=12\n12*3=35\n~12*3=36\n~12*3=36\n36-4=32\nA:32\n", 2, 4, 1, 0.0),
         ("7+5=12\n12*3=36\n36-4=32\nA:31\n~A:32\n", 4, 4, 0, 0.0),
@@ -413,7 +471,7 @@ def test_blind_repair_of_every_line_scores_zero():
 
 def test_repaired_demonstrations_parse_back_with_the_oracle():
     t = task(min_len=2, max_len=6)
-    slips = []
+    slips, delays = [], []
     for seed in range(1500):
         rng = random.Random(seed)
         p = t.make_problem(rng, rng.randint(2, 6), f"p{seed}")
@@ -424,13 +482,27 @@ def test_repaired_demonstrations_parse_back_with_the_oracle():
         assert t.reward(p, text) == 1.0
         assert set(text) <= set(t.alphabet)
         lines = t.segment(text)
-        assert lines[k] == "~" + t.solution_lines(p)[k - 1]  # the repair follows the slip
+        at = next(i for i, line in enumerate(lines) if line.startswith("~"))
+        assert lines[at] == "~" + t.solution_lines(p)[k - 1]  # the repair redoes the slip
         assert lines[k - 1] != t.solution_lines(p)[k - 1]
+        assert k <= at <= p.meta["length"]  # after the slip and its carried lines
+        assert "".join(lines[: k - 1] + lines[at + 1 :]) == "".join(
+            t.solution_lines(p)[: k - 1] + t.solution_lines(p)[k:]
+        )  # everything else is the reference solution
         # without its repair line the demonstration is a failed trace: slip at k
-        cut = "".join(lines[:k] + lines[k + 1 :])
+        cut = "".join(lines[:at] + lines[at + 1 :])
         assert t.first_error(p, cut) == k
         slips.append(k / p.meta["length"])
+        delays.append(at - k)
     assert min(slips) < 0.3 and max(slips) == 1.0  # early and last-step slips both occur
+    assert delays.count(0) > 300 and max(delays) >= 4  # at once, and after carried lines
+    # repair_max_delay 0: every repair comes in the next thought
+    t0 = task(min_len=2, max_len=6, repair_max_delay=0)
+    rng = random.Random(0)
+    for _ in range(200):
+        p = t0.make_problem(rng, rng.randint(2, 6), "p")
+        text, k = t0.repaired(p, rng)
+        assert t0.segment(text)[k].startswith("~")
 
 
 def test_repair_mark_is_in_the_tokenizer_vocabulary():

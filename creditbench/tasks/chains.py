@@ -9,23 +9,31 @@ A problem is a start value and a chain of operations, read left to right, modulo
 Every line of the solution is one thought and can be checked on its own, so the
 first wrong thought of any completion is known (the step oracle). The
 self-localisation prompt appends a (failed) completion, its thoughts numbered
-(``1|7+5=12``), and a ``?``; the expected answer is the 1-based index of its first wrong
-thought. The revision prompt
+(``1|7+5=12``), and a ``?``; the expected answer names its first wrong thought. By
+default (``localisation_answer: review``) it reviews the thoughts in order up to it:
+each is the value the thought wrote and the step redone (``1|12=7+5=12\n2|35=12*3=36\n``:
+thought 2 wrote 35 where the step gives 36), and the first thought whose two values differ
+is the one named; so the skill is reading a line and redoing a step, as in solving; ``verdicts`` gives the marks alone (``1+2-``), ``index`` the 1-based index alone
+(``2``), which asks a model to check every line within one token. The revision prompt
 (compare-and-correct, for IBPO) appends a failed completion, ``#``, a reference
 completion and ``!``; the expected answer is a corrected solution.
 
-Repairs. A later thought may notice and repair a slip: a *repair thought* is ``~``
-followed by a correct redo of the step line just before it, and the chain continues
-from the repaired value::
+Repairs. A later thought may notice and repair an earlier slip: a *repair thought* is
+``~`` followed by a correct redo of the slipped step's line; the lines written since the
+slip (computed from the wrong value) are superseded, and the chain continues from the
+repaired value. The repair may come at once or after some carried lines::
 
     solution    7+5=12\n12*3=35\n~12*3=36\n36-4=32\nA:32\n
+    solution    7+5=12\n12*3=35\n35-4=31\n~12*3=36\n36-4=32\nA:32\n
 
 The step oracle reads a completion line by line against the reference solution
-(``read``). A step line is right iff it equals the reference line of its step. A repair
-thought is right iff the thought before it is a *wrong* step line and the repair is the
-reference line of that step; it then replaces that line. Anything else is a wrong
-thought: a repair of a right line (so "repair every line blindly" fails), a wrong
-repair, a repair of a repair or of the answer line, a repair as the first thought.
+(``read``). A step line is right iff it equals the reference line of its step. The first
+wrong step line is the *slip*; a repair thought is right iff a slip is pending (no repair
+or answer line since) and the repair is the reference line of the slip's step: it then
+replaces the slip and every line after it. Anything else is a wrong thought: a repair
+with no slip pending (so "repair every line blindly" fails), a wrong repair, a repair of
+a line other than the slip, of a repair or of the answer line, a repair as the first
+thought. The answer line is never repaired: a slip still pending there stays wrong.
 
 - ``first_error`` is the first wrong thought, repaired or not: a repaired slip is still
   the first wrong thought (SRPO's localisation target; what the policy should have
@@ -56,6 +64,8 @@ NUMBER = "|"  # localisation prompts number the thoughts: "2|12*3=35\n"
 ALPHABET = "0123456789+-*=\nA:?#!" + REPAIR + NUMBER
 ANSWER_RE = re.compile(r"A:(0|[1-9][0-9]*)")
 LOCALISE_RE = re.compile(r"\s*([0-9]+)")
+VERDICT_RE = re.compile(r"([0-9]+)([+-])")  # one verdict: a thought's number, + right, - wrong
+REVIEW_RE = re.compile(r"([0-9]+)\|([^=\n]*)=([^\n]*)\n")  # number|written=redone step
 THOUGHT_RE = re.compile(r"[^\n]*\n|[^\n]+$")  # "\n" only: other line breaks stay inside a thought
 SPLITS = ("train", "test", "test_long")
 
@@ -66,6 +76,12 @@ def _apply(op: str, a: int, b: int, modulus: int) -> int:
     if op == "-":
         return (a - b) % modulus
     return (a * b) % modulus
+
+
+def _value(line: str) -> str:
+    """The value a thought states: after its last ``=``, or after ``A:``."""
+    line = line.removeprefix(REPAIR)
+    return line.rsplit("=", 1)[-1] if "=" in line else line.removeprefix("A:")
 
 
 @dataclass(frozen=True)
@@ -124,45 +140,44 @@ def verify(problem: Problem, completion: str) -> float:
 def read_completion(problem: Problem, completion: str) -> Reading:
     """The step oracle's reading of ``completion`` against the reference solution.
 
-    Step lines are matched to the reference in order; a valid repair replaces the
-    step line before it (which must be wrong) by that step's reference line. A
-    missing thought (the completion stopped early) is wrong at its position, and so is
-    a thought after the answer line. A trailing unterminated line counts as if it
-    ended with a newline.
+    Step lines are matched to the reference in order. The first wrong step line opens a
+    pending slip; a valid repair (the reference line of the slip's step) closes it and
+    the reading goes on from the step after the slip, the lines in between superseded.
+    A missing thought (the completion stopped early) is wrong at its position, and so is
+    a thought after the answer line. A trailing unterminated line counts as if it ended
+    with a newline.
     """
     expected = reference_lines(problem)
+    steps = len(expected) - 1  # the last reference line is the answer line
     thoughts = THOUGHT_RE.findall(completion)
     first = unrepaired = None
-    pending = None  # the step of the wrong step line just before, which a repair may fix
+    slip: tuple[int, int] | None = None  # (step, thought) of the pending slip
     j = repairs = marks = 0  # j: the next reference line
     for i, got in enumerate(thoughts, start=1):
         if not got.endswith("\n"):
             got += "\n"
-        is_repair = got.startswith(REPAIR)
-        if pending is not None and not is_repair:  # the chance to repair it has passed
-            unrepaired = unrepaired or i - 1
-            pending = None
-        if is_repair:
+        if got.startswith(REPAIR):
             marks += 1
-            if pending is not None and got[len(REPAIR) :] == expected[pending]:
+            if slip is not None and got[len(REPAIR) :] == expected[slip[0]]:
                 repairs += 1
-                pending = None
+                j, slip = slip[0] + 1, None
                 continue
-            first = first or i  # a repair of a right line, of nothing, or a wrong one
-            unrepaired = unrepaired or (i - 1 if pending is not None else i)
-            pending = None
+            first = first or i  # no slip pending, a wrong redo, or a redo of another line
+            unrepaired = unrepaired or (slip[1] if slip is not None else i)
+            slip = None
             continue
         if j < len(expected) and got == expected[j]:
             j += 1
             continue
         first = first or i
-        if j < len(expected) - 1 and not got.startswith("A:"):
-            pending = j  # a wrong step line: the next thought may repair it
-        else:
-            unrepaired = unrepaired or i  # a wrong answer line, or one after it
+        if got.startswith("A:") or j >= steps:  # a wrong answer line, or one after it
+            unrepaired = unrepaired or (slip[1] if slip is not None else i)
+            slip = None
+        elif slip is None:
+            slip = (j, i)  # later lines carry it until a repair supersedes them
         j += 1
-    if pending is not None:
-        unrepaired = unrepaired or len(thoughts)
+    if slip is not None:
+        unrepaired = unrepaired or slip[1]
     if j < len(expected):  # stopped early: the missing line is wrong
         first = first or len(thoughts) + 1
         unrepaired = unrepaired or len(thoughts) + 1
@@ -241,17 +256,21 @@ class ChainsTask(SourcedSplits):
         return "".join(self.solution_lines(problem))
 
     def repaired(self, problem: Problem, rng: random.Random) -> tuple[str, int]:
-        """A right solution with one slip that the next thought repairs: ``(text, slip)``.
+        """A right solution with one slip that a later thought repairs: ``(text, slip)``.
 
         The slip (a wrong result or a wrong copied operand, as in ``corrupt``) is at a
-        uniformly drawn step line (the answer line cannot be repaired); the repair thought
-        redoes that step correctly and the chain continues from the right value.
+        uniformly drawn step line (the answer line cannot be repaired). The repair comes
+        after ``d`` carried lines (computed from the wrong value, as ``corrupt`` writes
+        them), ``d`` uniform in ``[0, repair_max_delay]`` and never past the last step;
+        it redoes the slipped step correctly and the chain continues from the right value.
         """
         n = problem.meta["length"]
         k = rng.randint(1, n)
+        delay = rng.randint(0, min(self.cfg.repair_max_delay, n - k))
         lines = self.solution_lines(problem)
-        slip = self._corrupt_at(problem, k, rng).split("\n")[k - 1] + "\n"
-        return "".join(lines[: k - 1] + [slip, REPAIR + lines[k - 1]] + lines[k:]), k
+        wrong = self._corrupt_at(problem, k, rng).split("\n")[k - 1 : k + delay]
+        carried = [line + "\n" for line in wrong]
+        return "".join(lines[: k - 1] + carried + [REPAIR + lines[k - 1]] + lines[k:]), k
 
     def corrupt(self, problem: Problem, rng: random.Random, max_tries: int = 20) -> tuple[str, int]:
         """A failed trace whose first wrong thought is known: ``(text, first_wrong)``.
@@ -329,8 +348,31 @@ class ChainsTask(SourcedSplits):
         numbered = "".join(f"{i}{NUMBER}{t}" for i, t in enumerate(thoughts, start=1))
         return problem.prompt + numbered + "?"
 
-    def localisation_target(self, first_wrong: int) -> str:
-        return f"{first_wrong}\n"
+    def localisation_target(
+        self, first_wrong: int, completion: str | None = None, problem: Problem | None = None
+    ) -> str:
+        """The answer naming thought ``first_wrong`` of ``completion``: its reviewed
+        thoughts (review: ``1|12=7+5=12\n2|35=12*3=36\n``), ``1+2-`` (verdicts) or ``2``.
+
+        A reviewed thought is the value the thought wrote, ``=``, and the step redone (its
+        solution line, from the value before it, which the review has found right); the
+        first thought whose two values differ is the one named, and the review stops
+        there. The answer line is redone as ``A:<result>``.
+        """
+        form = self.cfg.localisation_answer
+        if form == "index":
+            return f"{first_wrong}\n"
+        if form == "verdicts":
+            return "".join(f"{i}+" for i in range(1, first_wrong)) + f"{first_wrong}-\n"
+        if completion is None or problem is None:
+            raise ValueError("a review answer rewrites the completion's thoughts: pass both")
+        redone = [line.rstrip("\n") for line in self.solution_lines(problem)]
+        thoughts = [t.rstrip("\n") for t in self.segment(completion)]
+        out = []
+        for i in range(1, first_wrong + 1):
+            written = thoughts[i - 1] if i <= len(thoughts) else ""  # missing: nothing
+            out.append(f"{i}{NUMBER}{_value(written)}={redone[min(i, len(redone)) - 1]}\n")
+        return "".join(out)
 
     def revision_prompt(self, problem: Problem, failed: str, reference: str) -> str:
         """Compare-and-correct: revise ``failed`` given a sibling ``reference``."""
@@ -349,8 +391,32 @@ class ChainsTask(SourcedSplits):
         return (k + 2, j) if j > k + 2 else None
 
     def parse_localisation(self, text: str, n_thoughts: int) -> Localisation:
-        """SRPO: ``h`` clamped to ``[1, n]``; a parse failure gives ``h = 1``."""
+        """SRPO: ``h`` clamped to ``[1, n]``; a parse failure gives ``h = 1``.
+
+        A review (``1|12=7+5=12\n2|35=12*3=36\n``, read from the start) names the first
+        thought whose written value differs from its redone step; verdicts (``1+2+3-``,
+        up to the first ``-``) the thought marked wrong. [choice] A review or verdicts
+        that find every thought right name the last one (the chain failed, and its answer
+        line is where it shows). Otherwise a bare number is the index.
+        """
+        last = max(n_thoughts, 1)
+        if REVIEW_RE.match(text):
+            at = 0
+            while match := REVIEW_RE.match(text, at):
+                if match.group(2) != _value(match.group(3)):
+                    return Localisation(min(max(int(match.group(1)), 1), last), True)
+                at = match.end()
+            return Localisation(last, True)
+        verdicts, at = [], 0
+        while match := VERDICT_RE.match(text, at):
+            verdicts.append((int(match.group(1)), match.group(2)))
+            at = match.end()
+            if match.group(2) == "-":
+                break
+        if verdicts:
+            number, mark = verdicts[-1]
+            return Localisation(min(max(number, 1), last) if mark == "-" else last, True)
         match = LOCALISE_RE.match(text)
         if not match:
             return Localisation(1, False)
-        return Localisation(min(max(int(match.group(1)), 1), max(n_thoughts, 1)), True)
+        return Localisation(min(max(int(match.group(1)), 1), last), True)

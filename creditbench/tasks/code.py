@@ -291,7 +291,7 @@ class CodeTask(SourcedSplits):
             f"(from 1 to {n}) within \\boxed{{}}."
         )
 
-    def localisation_target(self, first_wrong: int) -> str:
+    def localisation_target(self, first_wrong: int, completion=None, problem=None) -> str:
         return f"\\boxed{{{first_wrong}}}"
 
     def parse_localisation(self, text: str, n_thoughts: int) -> Localisation:

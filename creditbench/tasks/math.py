@@ -496,7 +496,7 @@ class MathTask(SourcedSplits):
             "problem), with nothing after it."
         )
 
-    def localisation_target(self, first_wrong: int) -> str:
+    def localisation_target(self, first_wrong: int, completion=None, problem=None) -> str:
         return f"\\boxed{{{first_wrong}}}"
 
     def parse_localisation(self, text: str, n_thoughts: int) -> Localisation:
