@@ -173,6 +173,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_critic(args) -> int:
+    """A critic-owning run's critic over training (``critic_over_training``): JSON and a
+    Markdown table beside it (``<out>`` with ``.md``)."""
+    import torch
+
+    from creditbench.config import load_experiment
+    from creditbench.diagnostics import critic_over_training, critic_table
+    from creditbench.utils import atomic_write_json, atomic_write_text
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = _settings(args)
+    cfg = load_experiment(args.config)
+    rows = critic_over_training(cfg, args.run, args.run_dir, args.base, args.data, settings)
+    atomic_write_json(args.out, finite({"run": args.run, "points": rows}))
+    table = critic_table(rows)
+    atomic_write_text(Path(args.out).with_suffix(".md"), table)
+    print(table)
+    return 0
+
+
 # ------------------------------------------------------------------------------ frames
 def _nan(x) -> float:
     return math.nan if x is None else float(x)
@@ -748,6 +769,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batches", type=int, help="independent batches for the gradient (default 6)")
     r.add_argument("--repeats", type=int, help="method passes over the probe set (default 1)")
     r.set_defaults(func=cmd_run)
+    c = sub.add_parser(
+        "critic",
+        help="a run's critic (PPO) over training: value error and next-thought ranking "
+        "against the MC truth, beside VinePPO's K-sample ranking",
+    )
+    _compute_args(c)  # --base: the warm start the run trained from
+    c.add_argument("--run", required=True, help="run name (a method that owns a critic)")
+    c.add_argument("--run-dir", dest="run_dir", required=True, help="results/<exp>/runs/R/seedK")
+    for flag, key, kind in (
+        ("--probes", "probes", int),
+        ("--pool", "pool", int),
+        ("--mc-rollouts", "mc_rollouts", int),
+        ("--ranking-ks", "ranking_ks", _ints),
+        ("--ranking-candidates", "ranking_candidates", int),
+        ("--ranking-truth-rollouts", "ranking_truth_rollouts", int),
+        ("--ranking-min-gap", "ranking_min_gap", float),
+        ("--ranking-min-z", "ranking_min_z", float),
+    ):
+        c.add_argument(flag, dest=key, type=kind, help="as for truth")
+    c.set_defaults(func=cmd_critic)
     rep = sub.add_parser("report", help="tables and figures from the diagnostics JSON")
     rep.add_argument("experiment", help="experiment directory, e.g. results/default")
     rep.add_argument("--runs", type=csv_list, help="runs in table order (default: all found)")

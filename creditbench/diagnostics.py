@@ -1006,7 +1006,12 @@ def critic_over_training(
         if any(o["point"] == label.split(" (")[0] for o in out):
             continue  # the final state is the last checkpoint's
         t0 = time.perf_counter()
-        base = load_base(cfg, model_dir, data)
+        # a checkpoint's model/ holds the weights only: the tokenizer is the warm start's
+        base = load_base(cfg, init_model, data)
+        if model_dir != Path(init_model):
+            from creditbench.model import load_policy
+
+            base.model = load_policy(model_dir, cfg.model, base.device, trainable=False)
         truth = ground_truth(cfg, base, settings)
         ctx = _context(base, run.sampling, run, settings.seed)
         method = build_method(run, ctx, cfg.methods_dir)

@@ -453,7 +453,7 @@ class Method:
                         v, old_values[idx], returns[idx], mask[idx], p.value_clip, n_tokens
                     )
                     self.critic.backward(loss * world if world > 1 else loss)
-                    total += float(loss)
+                    total += float(loss.detach())
                     for k, x in st.items():
                         stats.setdefault(k, []).append(x)
                 norm = self.critic.step()

@@ -204,7 +204,7 @@ def test_a_killed_ppo_run_resumes_bitwise_equal_critic_included(small_experiment
     assert set(state["owned"]) == {"critic"} and state["owned"]["critic"]["steps"] == 4
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stderr
+    assert "2/4 [00:00<?" in proc.stderr  # its progress bar starts at the checkpoint
 
     wa, wb = (
         load_file(full / "model" / "model.safetensors"),
@@ -318,3 +318,40 @@ def test_the_vineppo_configs_carry_the_papers_ppo_baseline(name):
     loss = run.loss
     assert (loss.clip, loss.epsilon, loss.beta, loss.kl_clamp) == (True, 0.2, 1e-4, 10.0)
     assert (loss.kl_reduction, loss.aggregation) == ("sequence_sum", "dapo")
+
+
+def test_the_critic_over_training_is_loaded_from_the_run_and_scored(small_experiment, tmp_path):
+    """A 2-step PPO run (value head, a checkpoint each step): the warm start's initial
+    critic and each kept point's critic are scored against that policy's truth; the critic
+    loaded from the run's files gives the trained critic's values exactly."""
+    from creditbench.diagnostics import DiagnosticsSettings, critic_over_training, critic_table
+    from creditbench.train import Trainer
+
+    exp = small_experiment
+    cfg = small_config(
+        runs={"ppo": {"method": "ppo", "critic": "head", "critic_lr": 1e-2}},
+        train={"steps": 2, "checkpoint_every": 1, "keep_checkpoints": 1},
+    )
+    trainer = Trainer(cfg.run("ppo"), 0, exp["base"], exp["data"], tmp_path / "run")
+    trainer.train()
+    settings = DiagnosticsSettings(
+        probes=2, pool=8, mc_rollouts=4, ranking_ks=(1, 2), ranking_candidates=3,
+        ranking_truth_rollouts=4, ranking_min_gap=0.0, ranking_min_z=0.0,
+    )  # fmt: skip
+    rows = critic_over_training(cfg, "ppo", tmp_path / "run", exp["base"], exp["data"], settings)
+    assert [r["point"] for r in rows] == ["step 0", "step 2"]  # the final is step 2's
+    for r in rows:
+        assert r["value_error"]["states"] >= 2
+        assert r["ranking"]["critic"]["pairs"] == r["ranking"]["mc"]["1"]["pairs"]
+    assert "| step 0 |" in critic_table(rows) and "MC K=2" in critic_table(rows)
+    # the critic as the run saved it is the trained critic (values of the same states)
+    from creditbench.diagnostics import _context, build_method, load_base, load_owned
+
+    base = load_base(cfg, tmp_path / "run" / "model", exp["data"])  # final: has a tokenizer
+    method = build_method(cfg.run("ppo"), _context(base, cfg.run("ppo").sampling, cfg.run("ppo")))
+    load_owned(method, tmp_path / "run" / "owned")
+    probe = trainer.train_problems[0]
+    states = [(trainer.sampler.encode_prompt(probe.prompt), [])]
+    assert method.state_values(states) == trainer.method.state_values(states)
+    fresh = build_method(cfg.run("ppo"), _context(base, cfg.run("ppo").sampling, cfg.run("ppo")))
+    assert fresh.state_values(states) != method.state_values(states)
