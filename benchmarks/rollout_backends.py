@@ -67,7 +67,11 @@ def config(args, runs=None):
     return experiment_from_dict(
         {
             "experiment": "rollout_backends",
-            "task": {"n_test": 100},
+            "task": {
+                "n_test": 100,
+                "min_len": getattr(args, "min_len", 3),
+                "max_len": getattr(args, "max_len", 6),
+            },
             "model": {
                 "tiny": {
                     "hidden_size": args.hidden,

@@ -106,11 +106,16 @@ def hf_prefill_tokens(contexts: list[list[int]]) -> int:
 
 def lora_merged_weights(model) -> list[tuple[str, torch.Tensor]]:
     """The weights of a PEFT LoRA model with its active adapter merged, under the base
-    model's names, computed out of place (the trainer's tensors are not written)."""
+    model's names and in its module order (as ``full_weights``: a tied ``lm_head`` comes
+    too, which the engine's in-place reload expects), computed out of place: the
+    trainer's tensors are not written."""
     base = model.get_base_model()
-    out, skip = [], set()
+    out, lora_layers = [], []
     for mod_name, module in base.named_modules():
+        if any(mod_name.startswith(f"{p}.") for p in lora_layers):
+            continue  # base_layer, lora_A, lora_B, dropout of a LoRA layer
         if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            lora_layers.append(mod_name)
             layer = module.base_layer
             weight = layer.weight.detach().clone()
             if not getattr(module, "merged", False) and not getattr(
@@ -120,13 +125,11 @@ def lora_merged_weights(model) -> list[tuple[str, torch.Tensor]]:
                     if adapter in module.lora_A:
                         weight += module.get_delta_weight(adapter).to(weight.dtype)
             out.append((f"{mod_name}.weight", weight))
-            skip.update(f"{mod_name}.base_layer.{n}" for n, _ in layer.named_parameters())
             if getattr(layer, "bias", None) is not None:
                 out.append((f"{mod_name}.bias", layer.bias.detach()))
-            skip.update(f"{mod_name}.{n}" for n, _ in module.named_parameters())
-    for name, p in base.named_parameters():
-        if name not in skip and "lora_" not in name:
-            out.append((name, p.detach()))
+            continue
+        for n, p in module.named_parameters(recurse=False):
+            out.append((f"{mod_name}.{n}" if mod_name else n, p.detach()))
     return out
 
 
