@@ -77,7 +77,6 @@ import copy
 import importlib.util
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -186,7 +185,9 @@ def value_loss(
 
 def _bundled(name: str):
     """A bundled method file's module (its pure functions), whatever shadows its name."""
-    path = Path(__file__).resolve().parent / f"{name}.py"
+    from creditbench.methods import DEFAULT_METHODS_DIR
+
+    path = DEFAULT_METHODS_DIR / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"creditbench_ppo_uses_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
