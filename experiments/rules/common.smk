@@ -151,9 +151,12 @@ GPUS = {
 }
 # threads: CPU cores a job uses (torch threads, reward checks); a profile may override
 THREADS = {
-    # the warm start runs alone: every core of the machine (Snakemake scales a claim down
-    # to --cores; a command without --cores, e.g. --report, still parses)
-    "warmstart": os.cpu_count() or 1,
+    # the warm start runs alone: a real model gets every core of the machine (Snakemake
+    # scales a claim down to --cores; a command without --cores, e.g. --report, still
+    # parses); the testbed's tiny model one, since its matrices are too small for more
+    # threads to help and, on a shared CPU, extra threads make it several times slower
+    # (benchmarks/torch_threads.py)
+    "warmstart": (os.cpu_count() or 1) if REAL_MODEL else 1,
     "train": 4 * LAUNCH.num_processes if REAL_MODEL else 1,
     "evaluate": 4 if REAL_MODEL else 1,
 }
