@@ -912,7 +912,7 @@ def critic_diagnostics(
     (PPO: ``Method.state_values``). Value error, over every probe state ``s_k``
     (k = 0..n-1) against its MC value (``truth["probes"][i]["values"]``): mean absolute
     error, RMSE, bias (mean of critic - MC) and Pearson correlation. Ranking, over the
-    pairs of ``truth["ranking"]`` with a clear true gap: 1 when the critic orders the two
+    pairs of ``truth["ranking"]`` with a clear, non-zero true gap: 1 when the critic orders the two
     next-thought states as the truth does, 1/2 for a tie, 0 otherwise; a terminal side
     (the thought ended the completion) takes its reward, as in the K-sample ranking (its
     return is known to the learner). Beside it, the K-sample MC accuracies of item 4.
@@ -936,7 +936,8 @@ def critic_diagnostics(
         "mc_mean": float(m.mean()) if m.size else math.nan,
     }
     ranking = truth.get("ranking") or {}
-    records = [r for r in ranking.get("records", []) if r["clear"]]
+    # a pair counts where the K-sample ranking counts it: a clear, non-zero true gap
+    records = [r for r in ranking.get("records", []) if r["clear"] and r["gap"] != 0]
     open_states = [
         (r["prompt_ids"], side)
         for r in records

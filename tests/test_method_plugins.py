@@ -136,7 +136,7 @@ BASELINE = textwrap.dedent(
         def advantages(self, groups):
             trajs = [t for g in groups for t in g.trajectories]
             with torch.no_grad():
-                b = self.state(attention_mask=self._mask(trajs))
+                b = self.state(attention_mask=self._mask(trajs)).detach()
             return [t.set_credit(t.reward - float(v)) for t, v in zip(trajs, b)]
 
         def update(self, trained, step):
