@@ -211,10 +211,10 @@ def test_a_continuation_from_a_prefix_by_ids_is_the_rest_of_the_chain(exp, engin
         assert c.ids == g.ids[k:]
         assert c.stop == g.stop
         assert [e + k for e in c.thought_ends] == g.thought_ends[-1:]
-    # the cache: a context of several blocks (two prompts with their chains, then a third
-    # prompt), continued from its own greedy output by ids, is served from cached blocks
-    # and equals the rest
-    long = [prompts[0] + full[0].ids + prompts[1] + full[1].ids + prompts[2]]
+    # the cache: a context of several blocks (four prompts with their chains, then a
+    # fifth prompt), continued from its own greedy output by ids, is served from cached
+    # blocks and equals the rest
+    long = [sum((p + g.ids for p, g in zip(prompts[:4], full[:4], strict=True)), []) + prompts[4]]
     assert len(long[0]) >= 2 * engine.cfg.vllm.block_size
     free = dict(purpose="x", temperature=0, thoughts=None, max_new_tokens=12)
     whole = engine.generate(long, **free)[0]
