@@ -17,6 +17,11 @@ delimiter or at its token cap, and a row ends after the thought cap, after the t
 with the answer marker, or when a whole thought no longer fits its budget. The thought
 boundaries come back with each generation. Each row has its own token budget and its own
 count of thoughts already in its context (a continuation from a reset state).
+
+Backends (``sampling.backend``): this class is ``hf`` (transformers' ``generate`` on the
+trainer's live model); ``vllm`` is ``creditbench.vllm_backend.VLLMSampler``, the same
+interface on a colocated vLLM engine. ``Sampler.for_rollouts`` picks one for the
+trainer, which enters ``sampler.rollouts(step)`` around each step's sampling.
 """
 
 from __future__ import annotations
