@@ -96,3 +96,18 @@ def test_variant_trains_two_steps(spec, small_experiment, tmp_path):
     t.train()
     assert t.step == 2
     assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+
+
+def test_the_extended_experiment_validates_every_new_run():
+    from pathlib import Path
+
+    from creditbench.config import load_experiment
+
+    cfg = load_experiment(Path(__file__).resolve().parent.parent / "experiments/extended.yaml")
+    runs = cfg.all_runs()
+    assert {"grpo", "spo_chain", "spo_tree", "tempo", "dr_grpo", "dapo", "rloo"} <= set(runs)
+    assert runs["spo_tree"].params["variant"] == "tree"
+    assert runs["rloo"].params["baseline"] == "leave_one_out"
+    assert runs["dr_grpo"].params["length_norm"] == "max_new_tokens"
+    assert runs["dapo"].loss.aggregation == "dapo" and runs["dr_grpo"].loss.aggregation == "grpo"
+    assert runs["spo_chain"].loss.beta == 1e-4 and runs["tempo"].loss.beta == 0.0
