@@ -101,11 +101,30 @@ def test_the_paper_configs_are_there():
         "ibpo.yaml",
         "cheap_qwen2.5-0.5b_gsm8k.yaml",
     } <= names
-    assert {n for n in names if n.startswith("vineppo_")} == {
-        f"vineppo_{m}_{t}.yaml"
-        for m in ("rhomath-1.1b", "deepseekmath-7b")
-        for t in ("math", "gsm8k")
-    }
+    for family in ("vineppo", "ppo"):
+        assert {n for n in names if n.startswith(f"{family}_")} == {
+            f"{family}_{m}_{t}.yaml"
+            for m in ("rhomath-1.1b", "deepseekmath-7b")
+            for t in ("math", "gsm8k")
+        }
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_no_paper_config_trains_a_critic_under_deepspeed(path):
+    """PPO owns a critic, which the engine refuses beside the policy under DeepSpeed."""
+    cfg = load_experiment(path)
+    if any(cfg.run(name).method == "ppo" for name in cfg.runs):
+        assert "deepspeed" not in (cfg.launch.accelerate_config or ""), path.name
+
+
+@pytest.mark.parametrize("setting", ["rhomath-1.1b_math", "deepseekmath-7b_gsm8k"])
+def test_the_ppo_configs_share_their_vineppo_setting(setting):
+    """Everything but the runs, the launch and the experiment's name is the VinePPO file's."""
+    ppo = load_experiment(ROOT / "paper_configs" / f"ppo_{setting}.yaml").model_dump()
+    vine = load_experiment(ROOT / "paper_configs" / f"vineppo_{setting}.yaml").model_dump()
+    for key in ("runs", "launch", "experiment"):
+        ppo.pop(key), vine.pop(key)
+    assert ppo == vine
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
