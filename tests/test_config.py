@@ -281,7 +281,12 @@ def test_train_section_deep_merges_experiment_and_run(tmp_path):
     run = load_experiment(write(tmp_path, text)).run("x")
     assert (run.train.steps, run.train.lr, run.train.group_size) == (20, 0.01, 4)
     assert run.train.prompts_per_step == 8  # engine default
-    assert run.method == "grpo" and run.params == {"std": "unbiased", "eps": 1e-4}
+    assert run.method == "grpo" and run.params == {
+        "std": "unbiased",
+        "eps": 1e-4,
+        "baseline": "group_mean",
+        "length_norm": "sequence",
+    }
 
 
 def test_overrides_apply_on_top_of_the_file(tmp_path):
