@@ -294,13 +294,9 @@ def test_critic_diagnostics_score_value_error_and_ranking_by_hand():
 
 @pytest.mark.parametrize(
     "name",
-    [
-        f"vineppo_{m}_{t}.yaml"
-        for m in ("rhomath-1.1b", "deepseekmath-7b")
-        for t in ("math", "gsm8k")
-    ],
+    [f"ppo_{m}_{t}.yaml" for m in ("rhomath-1.1b", "deepseekmath-7b") for t in ("math", "gsm8k")],
 )
-def test_the_vineppo_configs_carry_the_papers_ppo_baseline(name):
+def test_the_ppo_configs_carry_the_vineppo_papers_ppo_baseline(name):
     """McGill-NLP/VinePPO configs/polIter_*_ppo_*.jsonnet: trainers/ppo_MATH.jsonnet (gamma
     1.0, cliprange_value 0.2, whitened advantages, a separate critic from the SFT checkpoint,
     2 epochs) with lam1.jsonnet (lam 1), refKl0.0001 and klLoss (KL 1e-4 in the loss,
