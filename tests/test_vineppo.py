@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_config
+from conftest import random_tiny_model, small_config
 
-from creditbench.config import ChainsTaskConfig, SamplingConfig, TinyModelConfig
+from creditbench.config import ChainsTaskConfig, SamplingConfig
 from creditbench.ledger import Ledger
 from creditbench.methods import MethodContext, load_method
-from creditbench.model import build_char_tokenizer, build_tiny_model
+from creditbench.model import build_char_tokenizer
 from creditbench.rollouts import Group, Trajectory, thought_token_ends
 from creditbench.sampling import Generation, Sampler
 from creditbench.tasks import Problem
@@ -353,17 +353,7 @@ def test_value_cap_estimates_only_the_first_states(tok):
 @pytest.fixture(scope="module")
 def model(tok):
     """Untrained, with large random weights so greedy outputs vary (as in test_sampling)."""
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-    model = build_tiny_model(cfg, tok).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        model.get_input_embeddings().weight[
-            [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
-        ] = 0.0
-    return model
+    return random_tiny_model(tok)
 
 
 def sampler_for(model, tok, batch_size=5) -> Sampler:
