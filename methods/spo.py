@@ -345,57 +345,18 @@ class Method:
 
     def estimate_cut_values(self, trajs: list[Trajectory]) -> None:
         """``meta["spo_values"]``: the MC value of every cut state (VinePPO's estimator)."""
-        p, ctx = self.params, self.ctx
-        max_new = ctx.sampler.cfg.max_new_tokens
-        context = p.value_context or _vine.model_context(ctx.model)
-        index: dict[tuple[int, ...], int] = {}
-        states: list[tuple[Trajectory, int]] = []
-        owned = []
-        for t in trajs:
-            slots = []
-            for cut in t.meta["spo_cuts"]:
-                key = (*t.prompt_ids, *t.completion_ids[:cut])
-                if key not in index:
-                    index[key] = len(states)
-                    states.append((t, cut))
-                slots.append(index[key])
-            owned.append(slots)
-        budgets = [
-            _vine.value_budget(
-                "context", len(t.prompt_ids), n, max_new, p.value_max_new_tokens, context
-            )
-            for t, n in states
-        ]
-        sampled = [i for i, b in enumerate(budgets) if b > 0]
-        K = p.mc_rollouts
-        gens = []
-        if sampled:
-            gens = ctx.sampler.generate(
-                [
-                    states[i][0].prompt_ids + states[i][0].completion_ids[: states[i][1]]
-                    for i in sampled
-                ],
-                purpose="mc_value",
-                max_new_tokens=[budgets[i] for i in sampled],
-                thoughts_done=[
-                    sum(e <= states[i][1] for e in states[i][0].thought_ends) for i in sampled
-                ],
-                n=K,
-            )
-        values = [0.0] * len(states)
-        for k, i in enumerate(sampled):
-            t, n = states[i]
-            rewards = [
-                ctx.score(
-                    t.problem,
-                    ctx.sampler.decode(t.completion_ids[:n] + g.ids),
-                    _vine.budget_stop(g.stop, len(g.ids), budgets[i]),
-                )
-                for g in gens[k * K : (k + 1) * K]
-            ]
-            values[i] = _vine.mc_value(rewards)
-        for t, slots in zip(trajs, owned, strict=True):
-            t.meta["spo_values"] = [values[s] for s in slots]
+        p = self.params
+        values = _vine.mc_state_values(
+            self.ctx,
+            trajs,
+            [t.meta["spo_cuts"] for t in trajs],
+            K=p.mc_rollouts,
+            mc_budget="context",
+            value_max_new_tokens=p.value_max_new_tokens,
+            value_context=p.value_context,
+        )
+        for t, cut_values in zip(trajs, values, strict=True):
+            t.meta["spo_values"] = cut_values
 
     def chain_credit(self, groups):
         p = self.params

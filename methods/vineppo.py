@@ -263,6 +263,74 @@ def step_ends(traj: Trajectory) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- the method
+
+
+def mc_state_values(
+    ctx,
+    trajs: list[Trajectory],
+    prefixes: list[list[int]],
+    *,
+    K: int,
+    mc_budget: str,
+    value_max_new_tokens: int | None,
+    value_context: int | None,
+) -> list[list[float]]:
+    """Monte Carlo values of states, ``K`` continuations each: ``prefixes[j]`` lists the
+    completion prefix lengths of ``trajs[j]`` to value; the result has one value for each.
+
+    A state (its token ids) shared by several trajectories is sampled once; all states go
+    in one sampler call, each with its own budget (``value_budget``; no room left: V = 0)
+    and its prefix's thoughts counted toward the thought cap.
+    """
+    max_new = ctx.sampler.cfg.max_new_tokens
+    context = value_context or model_context(ctx.model)
+    index: dict[tuple[int, ...], int] = {}  # distinct state (token ids) -> its slot
+    states: list[tuple[Trajectory, int]] = []  # a trajectory holding it, prefix length
+    owned: list[list[int]] = []  # per trajectory: the slots of its states
+    for t, lengths in zip(trajs, prefixes, strict=True):
+        slots = []
+        for prefix_len in lengths:
+            key = (*t.prompt_ids, *t.completion_ids[:prefix_len])
+            if key not in index:
+                index[key] = len(states)
+                states.append((t, prefix_len))
+            slots.append(index[key])
+        owned.append(slots)
+    budgets = [
+        value_budget(mc_budget, len(t.prompt_ids), n, max_new, value_max_new_tokens, context)
+        for t, n in states
+    ]
+    sampled = [i for i, b in enumerate(budgets) if b > 0]
+    gens = []
+    if sampled:
+        gens = ctx.sampler.generate(  # each state its own budget; its steps count
+            [
+                states[i][0].prompt_ids + states[i][0].completion_ids[: states[i][1]]
+                for i in sampled
+            ],
+            purpose="mc_value",
+            max_new_tokens=[budgets[i] for i in sampled],
+            thoughts_done=[
+                sum(e <= states[i][1] for e in states[i][0].thought_ends) for i in sampled
+            ],
+            n=K,
+        )
+    values = [0.0] * len(states)
+    for k, i in enumerate(sampled):
+        t, n = states[i]
+        prefix = t.completion_ids[:n]
+        rewards = [
+            ctx.score(
+                t.problem,
+                ctx.sampler.decode(prefix + g.ids),
+                budget_stop(g.stop, len(g.ids), budgets[i]),
+            )
+            for g in gens[k * K : (k + 1) * K]
+        ]
+        values[i] = mc_value(rewards)
+    return [[values[s] for s in slots] for slots in owned]
+
+
 class Method:
     def __init__(self, params: Params, ctx):
         self.params = params
@@ -282,66 +350,26 @@ class Method:
 
     def estimate_values(self, trajs: list[Trajectory]) -> None:
         """Set ``meta["mc_values"]`` = ``V(s_0) .. V(s_{n-1})`` of every trajectory."""
-        p, ctx = self.params, self.ctx
-        max_new = ctx.sampler.cfg.max_new_tokens
-        context = p.value_context or model_context(ctx.model)
-        index: dict[tuple[int, ...], int] = {}  # distinct state (token ids) -> its slot
-        states: list[tuple[Trajectory, int]] = []  # a trajectory holding it, prefix length
-        owned: list[list[int]] = []  # per trajectory: the slots of its estimated states
+        p = self.params
+        prefixes = []  # per trajectory: s_0 = prompt, s_k = prompt + y_1..y_k
         for t in trajs:
             ends = step_ends(t)
             n_est = (
                 len(ends) if p.max_value_steps is None else min(len(ends), p.max_value_steps + 1)
             )
-            slots = []
-            for prefix_len in [0, *ends[: n_est - 1]]:  # s_0 = prompt, s_k = prompt + y_1..y_k
-                key = (*t.prompt_ids, *t.completion_ids[:prefix_len])
-                if key not in index:
-                    index[key] = len(states)
-                    states.append((t, prefix_len))
-                slots.append(index[key])
-            owned.append(slots)
-
-        K = p.mc_rollouts
-        budgets = [
-            value_budget(
-                p.mc_budget, len(t.prompt_ids), n, max_new, p.value_max_new_tokens, context
-            )
-            for t, n in states
-        ]
-        sampled = [i for i, b in enumerate(budgets) if b > 0]  # no room left: V = 0
-        contexts = [
-            states[i][0].prompt_ids + states[i][0].completion_ids[: states[i][1]] for i in sampled
-        ]
-        gens = []
-        if sampled:
-            gens = ctx.sampler.generate(  # each state its own budget; its steps count
-                contexts,
-                purpose="mc_value",
-                max_new_tokens=[budgets[i] for i in sampled],
-                thoughts_done=[
-                    sum(e <= states[i][1] for e in states[i][0].thought_ends) for i in sampled
-                ],
-                n=K,
-            )
-        values = [0.0] * len(states)
-        for k, i in enumerate(sampled):
-            t, n = states[i]
-            prefix = t.completion_ids[:n]
-            rewards = [
-                ctx.score(
-                    t.problem,
-                    ctx.sampler.decode(prefix + g.ids),
-                    budget_stop(g.stop, len(g.ids), budgets[i]),
-                )
-                for g in gens[k * K : (k + 1) * K]
-            ]
-            values[i] = mc_value(rewards)
-
-        for t, slots in zip(trajs, owned, strict=True):
-            estimated = [values[s] for s in slots]
-            t.meta["mc_values"] = state_values(estimated, len(step_ends(t)), t.reward)
-            t.meta["mc_estimated_states"] = len(slots)
+            prefixes.append([0, *ends[: n_est - 1]])
+        estimated = mc_state_values(
+            self.ctx,
+            trajs,
+            prefixes,
+            K=p.mc_rollouts,
+            mc_budget=p.mc_budget,
+            value_max_new_tokens=p.value_max_new_tokens,
+            value_context=p.value_context,
+        )
+        for t, values in zip(trajs, estimated, strict=True):
+            t.meta["mc_values"] = state_values(values, len(step_ends(t)), t.reward)
+            t.meta["mc_estimated_states"] = len(values)
 
     def advantages(self, groups: list[Group]) -> list[Trajectory]:
         trajs = [t for g in groups for t in g.trajectories]
