@@ -13,7 +13,8 @@ self-localisation prompt appends a (failed) completion, its thoughts numbered
 default (``localisation_answer: review``) it reviews the thoughts in order up to it:
 each is the value the thought wrote and the step redone (``1|12=7+5=12\n2|35=12*3=36\n``:
 thought 2 wrote 35 where the step gives 36), and the first thought whose two values differ
-is the one named; so the skill is reading a line and redoing a step, as in solving; ``verdicts`` gives the marks alone (``1+2-``), ``index`` the 1-based index alone
+is the one named; so the skill is reading a line and redoing a step, as in solving.
+``verdicts`` gives a mark per thought (``1+2-``), ``index`` the 1-based index alone
 (``2``), which asks a model to check every line within one token. The revision prompt
 (compare-and-correct, for IBPO) appends a failed completion, ``#``, a reference
 completion and ``!``; the expected answer is a corrected solution.
@@ -407,14 +408,12 @@ class ChainsTask(SourcedSplits):
                     return Localisation(min(max(int(match.group(1)), 1), last), True)
                 at = match.end()
             return Localisation(last, True)
-        verdicts, at = [], 0
+        number, mark, at = 0, None, 0  # the last verdict read
         while match := VERDICT_RE.match(text, at):
-            verdicts.append((int(match.group(1)), match.group(2)))
-            at = match.end()
-            if match.group(2) == "-":
+            number, mark, at = int(match.group(1)), match.group(2), match.end()
+            if mark == "-":
                 break
-        if verdicts:
-            number, mark = verdicts[-1]
+        if mark is not None:
             return Localisation(min(max(number, 1), last) if mark == "-" else last, True)
         match = LOCALISE_RE.match(text)
         if not match:
