@@ -1,13 +1,16 @@
 """Warm-start steps per second of the default tiny model, by torch CPU threads.
 
-The default's tiny model (0.36 M parameters, hidden size 96) multiplies matrices so
-small that torch's intra-op threads spend more time handing work out and waiting than
-computing; on a CPU that other processes share, a waiting thread also loses its core.
+The default's tiny model (0.36 M parameters, hidden size 96) multiplies small matrices:
+on an idle CPU a second intra-op thread helps, but on a CPU that other processes share
+a thread that waits for its peers loses its core, and each step stalls.
 This times the warm start's supervised step (the default's batch of 32 reference
 solutions, forward, backward, AdamW) with each thread count, interleaved round by round
 so a load that changes during the run slows every setting alike, and prints steps per
-second and the speed-up over the largest count. The workflow gives the testbed's
-warm start one thread for this reason (``experiments/rules/common.smk``).
+second and the speed-up over the largest count. Measured on the 2-core machine, idle: 2
+threads 16.97 steps/s, 1 thread 11.92 (0.70x); under a load of 6-16 other processes 1
+thread was 9.9x faster than 2. The workflow's warm start runs alone, so it takes up to 4
+threads (``experiments/rules/common.smk``); the training and evaluation jobs, which run
+side by side, take one each.
 
     python benchmarks/torch_threads.py --threads 1 2 --steps 40
 """

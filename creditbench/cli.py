@@ -92,17 +92,35 @@ def _exclusive(paths):
 
 
 def cmd_evaluate(cfg, args):
-    """Held-out accuracy of one model on one or more suites, one result file per suite.
+    """Held-out accuracy of one or more models on one or more suites, one result file
+    per model and suite.
 
     Several suites (``--suite`` repeated) share one process and, with lm-eval, one
-    harness call: the model is loaded once. One process at a time writes a suite's
-    result (a lock file beside it): an evaluation restarted while an orphaned one still
-    runs waits for it, and so writes last.
+    harness call: the model is loaded once. Several models (``--model`` repeated, each
+    with its own ``--out-dir``, in the same order) are evaluated one after the other in
+    the same process, which saves a process start per model. One process at a time
+    writes a suite's result (a lock file beside it): an evaluation restarted while an
+    orphaned one still runs waits for it, and so writes last.
     """
+    models, out_dirs = args.model, args.out_dir or []
+    if len(models) > 1 and len(out_dirs) != len(models):
+        raise ConfigError(
+            f"{len(models)} models (--model) need one --out-dir each, got {len(out_dirs)}"
+        )
+    if len(models) == 1 and len(out_dirs) > 1:
+        raise ConfigError(f"one model (--model) takes one --out-dir, got {len(out_dirs)}")
+    if args.out and len(models) > 1:
+        raise ConfigError(f"--out names one result file; {len(models)} models need --out-dir")
     suites = list(dict.fromkeys(args.suite or ["chains_test"]))
-    outs = _eval_outputs(args, suites)
-    with _exclusive(out.with_name(f".{out.name}.lock") for out in outs.values()):
-        return _evaluate(cfg, args)
+    for i, model in enumerate(models):
+        one = argparse.Namespace(**{**vars(args), "model": model})
+        one.out_dir = out_dirs[i] if out_dirs else None
+        outs = _eval_outputs(one, suites)
+        with _exclusive(out.with_name(f".{out.name}.lock") for out in outs.values()):
+            status = _evaluate(cfg, one)
+        if status:
+            return status
+    return 0
 
 
 def _eval_outputs(args, suites: list[str]) -> dict[str, Path]:
@@ -229,7 +247,7 @@ def cmd_run(cfg, args):
                     cmd_evaluate(
                         cfg,
                         argparse.Namespace(
-                            model=out / "model",
+                            model=[out / "model"],
                             data=None,
                             suite=[suite],
                             out=path,
@@ -279,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data")
     sp.add_argument("--out")
     sp.add_argument("--until-step", type=int, help="stop after this step (resumable)")
-    sp = add("evaluate", cmd_evaluate, "held-out accuracy of a model on one or more suites")
-    sp.add_argument("--model", required=True)
+    sp = add("evaluate", cmd_evaluate, "held-out accuracy of models on one or more suites")
+    sp.add_argument(
+        "--model", required=True, action="append", help="a model folder (repeat for several)"
+    )
     sp.add_argument(
         "--suite",
         action="append",
@@ -290,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="the result file (one suite)")
     sp.add_argument(
         "--out-dir",
-        help="the results' folder, <suite>.json each (default: eval/ next to the model)",
+        action="append",
+        help="the results' folder, <suite>.json each (default: eval/ next to the model); "
+        "with several models, one per model in their order",
     )
     sp.add_argument(
         "--data-file",

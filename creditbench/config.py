@@ -503,6 +503,8 @@ class EvalConfig(Strict):
     suite evaluates in less time than a process takes to start (a tiny model: about 2 s
     of generation against 7 s of importing torch, transformers and lm-eval); per suite
     (the default) where suites are long and run in parallel on several GPUs.
+    ``group_seeds``: likewise one job per run for all its seeds (each seed's model in
+    turn, in one process), started once every seed has trained.
     """
 
     suites: list[str] | None = None
@@ -517,6 +519,7 @@ class EvalConfig(Strict):
     max_gen_toks: PositiveInt | None = None
     data_files: dict[str, str | dict[str, str]] = {}
     group_suites: bool = False
+    group_seeds: bool = False
 
     @model_validator(mode="after")
     def _samples(self) -> EvalConfig:

@@ -32,10 +32,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from creditbench import faults
 from creditbench.config import SamplingConfig
+from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
 from creditbench.tasks import chat_messages
 from creditbench.thoughts import LENGTH, ThoughtRules, ThoughtTracker
@@ -251,13 +252,16 @@ class Sampler:
                 strings.append(s)
         return ids, strings
 
-    def _shared_prefill(self, input_ids, attention, contexts) -> tuple[DynamicCache | None, int]:
+    def _shared_prefill(
+        self, input_ids, attention, contexts, capacity: int
+    ) -> tuple[PreallocatedCache, int]:
         """The KV cache of each row's context but its last token, once per distinct context.
 
-        Returns the cache expanded to all rows (``None`` when no context repeats in the
-        batch, or every context is one token) and the number of tokens it forwarded:
-        each distinct context's ``len - 1`` tokens once, plus each row's last context token
-        (which ``generate`` forwards itself, row by row).
+        Returns the cache expanded to all rows (empty when no context repeats in the
+        batch, or every context is one token: ``generate`` then prefills every row) and the
+        number of tokens it forwarded: each distinct context's ``len - 1`` tokens once,
+        plus each row's last context token (which ``generate`` forwards itself, row by
+        row). The cache holds ``capacity`` positions per row (``creditbench.kv_cache``).
         """
         first: dict[tuple[int, ...], int] = {}  # distinct context -> its index in ``rep``
         rep, owner = [], []  # a row of each distinct context; each row's distinct context
@@ -266,12 +270,12 @@ class Sampler:
                 first[tuple(c)] = len(rep)
                 rep.append(row)
             owner.append(first[tuple(c)])
+        cache = PreallocatedCache(self.model.config, capacity)
         if len(rep) == len(contexts) or input_ids.size(1) < 2:
-            return None, sum(len(c) for c in contexts)
+            return cache, sum(len(c) for c in contexts)
         device = input_ids.device
         rep = torch.tensor(rep, device=device)
         mask = attention[rep, :-1]
-        cache = DynamicCache(config=self.model.config)
         self.model(
             input_ids=input_ids[rep, :-1],
             attention_mask=mask,
@@ -358,12 +362,14 @@ class Sampler:
             was_training = model.training
             model.eval()
             input_ids, attention = input_ids.to(device), attention.to(device)
-            cache, prefilled = self._shared_prefill(input_ids, attention, ctxs)
+            cache, prefilled = self._shared_prefill(
+                input_ids, attention, ctxs, capacity=width + gen_cfg.max_new_tokens
+            )
             res = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 generation_config=gen_cfg,
-                **({"past_key_values": cache} if cache is not None else {}),
+                past_key_values=cache,
                 stopping_criteria=StoppingCriteriaList([holder["crit"]]),
             )
             model.train(was_training)

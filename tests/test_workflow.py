@@ -247,6 +247,38 @@ def test_grouped_suites_are_one_job_per_run_and_seed_with_the_per_suite_results(
         assert responses[0] == responses[1]
 
 
+def test_grouped_seeds_are_one_job_per_run_with_each_seeds_results(smoke_run, tmp_path):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["eval"].update(group_suites=True, group_seeds=True)
+    path = tmp_path / "grouped.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    plan = snakemake("-n", "-p", "--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    out = plan.stdout + plan.stderr
+    assert re.search(r"^evaluate\s+2$", out, re.M), out  # 2 runs, both seeds and suites each
+    assert "logs/eval/grpo/seeds/all.log" in out
+    r = "results/smoke/runs/grpo"
+    assert f"--model {r}/seed0/model --out-dir {r}/seed0/eval --model {r}/seed1/model" in out
+
+    # what such a job runs: each seed's files, equal to those of the one-seed jobs
+    r = smoke_run / "results" / "smoke"
+    runs = [r / "runs" / "grpo" / f"seed{k}" for k in (0, 1)]
+    cmd = ["creditbench", "evaluate", "-c", str(r / "config.json"), "--data", str(r / "data")]
+    for k, run in enumerate(runs):
+        cmd += ["--model", str(run / "model"), "--out-dir", str(tmp_path / f"eval{k}")]
+    subprocess.run([*cmd, "--suite", "chains_test"], check=True, capture_output=True)
+    for k, run in enumerate(runs):
+        grouped = json.loads((tmp_path / f"eval{k}" / "chains_test.json").read_text())
+        alone = json.loads((run / "eval" / "chains_test.json").read_text())
+        assert (grouped["n"], grouped["accuracy"]) == (alone["n"], alone["accuracy"])
+    # models and result folders must pair up
+    base = ["creditbench", "evaluate", "-c", str(r / "config.json"), "--data", str(r / "data")]
+    unpaired = ["--model", str(runs[0] / "model"), "--out-dir", str(tmp_path / "eval0")]
+    unpaired += ["--model", str(runs[1] / "model"), "--suite", "chains_test"]
+    bad = subprocess.run([*base, *unpaired], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "2 models (--model) need one --out-dir each, got 1" in bad.stderr
+
+
 def test_a_run_added_to_the_config_appears_in_the_dag(smoke_run, tmp_path):
     cfg = yaml.safe_load(SMOKE.read_text())
     cfg["runs"]["grpo_noclip"] = {"method": "grpo", "loss": {"clip": False}}

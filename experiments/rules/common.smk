@@ -60,9 +60,13 @@ def experiment_dir(wildcards, input):
 
 
 # Evaluation jobs: one per run x seed x suite, or (eval.group_suites) one per run x seed
-# writing every suite's result. Their results, logs and benchmarks are named by EVAL_JOB.
+# writing every suite's result, and (eval.group_seeds) one per run for all its seeds.
+# Their results, logs and benchmarks are named by EVAL_JOB (under the run's folder when
+# seeds are grouped, else under the seed's).
 GROUP_SUITES = EXP.eval.group_suites
+GROUP_SEEDS = EXP.eval.group_seeds
 EVAL_JOB = "all" if GROUP_SUITES else "{suite}"
+EVAL_RUN_JOB = f"seeds/{EVAL_JOB}" if GROUP_SEEDS else f"seed{{seed}}/{EVAL_JOB}"
 
 
 def eval_results(folder):
@@ -72,11 +76,34 @@ def eval_results(folder):
     return f"{folder}/{{suite}}.json"
 
 
+def run_eval_results():
+    """A run's evaluation job's result files: one seed's, or every seed's."""
+    folder = f"{R}/runs/{{run}}/seed{{seed}}/eval"
+    if not GROUP_SEEDS:
+        return eval_results(folder)
+    files = eval_results(folder)
+    return expand(files, seed=SEEDS, allow_missing=True)
+
+
+def run_eval_models():
+    """The trained models a run's evaluation job reads: its seed's, or every seed's."""
+    model = f"{R}/runs/{{run}}/seed{{seed}}/model/config.json"
+    return expand(model, seed=SEEDS, allow_missing=True) if GROUP_SEEDS else model
+
+
 def suite_args(wildcards):
     """The evaluation command's suites: the job's own, or every suite of the experiment."""
     return " ".join(
         f"--suite {s}" for s in (SUITES if GROUP_SUITES else [wildcards.suite])
     )
+
+
+def model_args(wildcards, input):
+    """``--model DIR --out-dir DIR`` for each trained model the job evaluates (a seed's
+    results go to eval/ beside its model)."""
+    models = input.model if isinstance(input.model, list) else [input.model]
+    folders = [Path(m).parent for m in models]
+    return " ".join(f"--model {m} --out-dir {m.parent / 'eval'}" for m in folders)
 
 
 def output_dir(wildcards, output):
@@ -151,12 +178,13 @@ GPUS = {
 }
 # threads: CPU cores a job uses (torch threads, reward checks); a profile may override
 THREADS = {
-    # the warm start runs alone: a real model gets every core of the machine (Snakemake
-    # scales a claim down to --cores; a command without --cores, e.g. --report, still
-    # parses); the testbed's tiny model one, since its matrices are too small for more
-    # threads to help and, on a shared CPU, extra threads make it several times slower
-    # (benchmarks/torch_threads.py)
-    "warmstart": (os.cpu_count() or 1) if REAL_MODEL else 1,
+    # the warm start runs alone (every other model job needs its output): a real model
+    # gets every core of the machine (Snakemake scales a claim down to --cores; a command
+    # without --cores, e.g. --report, still parses); the testbed's tiny model at most 4:
+    # on this 2-core machine, idle, 2 threads step 1.42x faster than 1, but its matrices
+    # are small and beyond 2 threads is unmeasured; on a CPU shared with other work,
+    # extra threads make it several times slower (benchmarks/torch_threads.py)
+    "warmstart": (os.cpu_count() or 1) if REAL_MODEL else min(os.cpu_count() or 1, 4),
     "train": 4 * LAUNCH.num_processes if REAL_MODEL else 1,
     "evaluate": 4 if REAL_MODEL else 1,
 }

@@ -99,14 +99,14 @@ rule train:
 
 rule evaluate:
     input:
-        model=rules.train.output.model,
+        model=run_eval_models(),
         test=rules.data.output.test,
     output:
-        results=eval_results(f"{R}/runs/{{run}}/seed{{seed}}/eval"),
+        results=run_eval_results(),
     log:
-        f"{R}/logs/eval/{{run}}/seed{{seed}}/{EVAL_JOB}.log",
+        f"{R}/logs/eval/{{run}}/{EVAL_RUN_JOB}.log",
     benchmark:
-        f"{R}/benchmarks/eval/{{run}}/seed{{seed}}/{EVAL_JOB}.tsv"
+        f"{R}/benchmarks/eval/{{run}}/{EVAL_RUN_JOB}.tsv"
     conda:
         ENV
     threads: THREADS["evaluate"]
@@ -117,13 +117,12 @@ rule evaluate:
     params:
         cfg=CONFIG,
         data=input_dir("test"),
-        model=input_dir("model"),
         eval=fixed(EXP.eval.model_dump_json()),
         suites=suite_args,
-        out=output_dir,
+        models=model_args,
     shell:
         "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
-        " --model {params.model} {params.suites} --out-dir {params.out} > {log} 2>&1"
+        " {params.models} {params.suites} > {log} 2>&1"
 
 
 rule evaluate_base:
