@@ -8,8 +8,8 @@ solutions, forward, backward, AdamW) with each thread count, interleaved round b
 so a load that changes during the run slows every setting alike, and prints steps per
 second and the speed-up over the largest count. Measured on the 2-core machine, idle: 2
 threads 16.97 steps/s, 1 thread 11.92 (0.70x); under a load of 6-16 other processes 1
-thread was 9.9x faster than 2. The workflow's warm start runs alone, so it takes up to 4
-threads (``experiments/rules/common.smk``); the training and evaluation jobs, which run
+thread was 9.9x faster than 2. The workflow's warm start runs alone, so it takes 2 threads
+(``experiments/rules/common.smk``); the training and evaluation jobs, which run
 side by side, take one each.
 
     python benchmarks/torch_threads.py --threads 1 2 --steps 40

@@ -32,7 +32,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import Cache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from creditbench import faults
 from creditbench.config import SamplingConfig
@@ -252,9 +252,15 @@ class Sampler:
                 strings.append(s)
         return ids, strings
 
+    def new_cache(self, capacity: int) -> Cache:
+        """The KV cache of one batch: ``capacity`` positions per row, preallocated
+        (``creditbench.kv_cache``; transformers' ``DynamicCache`` gives the same tokens,
+        slower: ``benchmarks/kv_cache.py``)."""
+        return PreallocatedCache(self.model.config, capacity)
+
     def _shared_prefill(
         self, input_ids, attention, contexts, capacity: int
-    ) -> tuple[PreallocatedCache, int]:
+    ) -> tuple[Cache, int]:
         """The KV cache of each row's context but its last token, once per distinct context.
 
         Returns the cache expanded to all rows (empty when no context repeats in the
@@ -270,7 +276,7 @@ class Sampler:
                 first[tuple(c)] = len(rep)
                 rep.append(row)
             owner.append(first[tuple(c)])
-        cache = PreallocatedCache(self.model.config, capacity)
+        cache = self.new_cache(capacity)
         if len(rep) == len(contexts) or input_ids.size(1) < 2:
             return cache, sum(len(c) for c in contexts)
         device = input_ids.device

@@ -180,11 +180,13 @@ GPUS = {
 THREADS = {
     # the warm start runs alone (every other model job needs its output): a real model
     # gets every core of the machine (Snakemake scales a claim down to --cores; a command
-    # without --cores, e.g. --report, still parses); the testbed's tiny model at most 4:
-    # on this 2-core machine, idle, 2 threads step 1.42x faster than 1, but its matrices
-    # are small and beyond 2 threads is unmeasured; on a CPU shared with other work,
-    # extra threads make it several times slower (benchmarks/torch_threads.py)
-    "warmstart": (os.cpu_count() or 1) if REAL_MODEL else min(os.cpu_count() or 1, 4),
+    # without --cores, e.g. --report, still parses); the testbed's tiny model 2: on a
+    # 2-core machine, idle, 2 threads step 1.42x faster than 1 (on a CPU shared with
+    # other work, extra threads make it several times slower; benchmarks/torch_threads.py).
+    # A fixed count, not the machine's: torch's reductions, hence the warm start's
+    # weights, depend on the thread count, and the testbed's base should be the same
+    # wherever it is built.
+    "warmstart": (os.cpu_count() or 1) if REAL_MODEL else 2,
     "train": 4 * LAUNCH.num_processes if REAL_MODEL else 1,
     "evaluate": 4 if REAL_MODEL else 1,
 }
