@@ -780,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, key, kind in (
         ("--probes", "probes", int),
         ("--pool", "pool", int),
+        ("--failure-fraction", "failure_fraction", float),
         ("--mc-rollouts", "mc_rollouts", int),
         ("--ranking-ks", "ranking_ks", _ints),
         ("--ranking-candidates", "ranking_candidates", int),

@@ -367,3 +367,23 @@ def test_creditbench_run_does_the_experiment_in_one_process(tmp_path):
     before = (run / "ledger.json").stat().st_mtime_ns
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and (run / "ledger.json").stat().st_mtime_ns == before
+
+
+def test_the_critic_diagnostic_is_planned_for_each_run_that_owns_a_critic(tmp_path):
+    """diagnostics_critic: one job per run whose method has a critic (PPO), none for the
+    others (VinePPO's values are Monte Carlo), with the run's first seed as input."""
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["runs"] = {
+        "grpo": {"method": "grpo"},
+        "vineppo": {"method": "vineppo", "mc_rollouts": 2},
+        "ppo": {"method": "ppo"},
+    }
+    path = tmp_path / "critic.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "-p", "--configfile", str(path), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert re.search(r"^diagnostics_critic\s+1$", out, re.M), out[-2000:]
+    assert "diagnostics/critic/ppo.md" in out
+    assert "diagnostics/critic/vineppo" not in out and "diagnostics/critic/grpo" not in out
+    assert "--run ppo --run-dir results/smoke/runs/ppo/seed0" in out
+    assert "--ranking-ks=1,2" in out  # the config's diagnostics sizes

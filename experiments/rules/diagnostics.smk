@@ -8,6 +8,8 @@
 # By default the stage is part of the experiment when its task has a step oracle (chains).
 # `rule all` takes DIAGNOSTICS_TARGETS (empty when the stage is off).
 
+from creditbench.methods import load_method
+
 DIAG = {k: v for k, v in EXP.diagnostics.model_dump().items() if v is not None}
 DIAG_DIR = f"{R}/diagnostics"
 DIAG_TRUTH_FLAGS = {
@@ -46,6 +48,16 @@ DIAG_OPTS = {
 
 # SRPO-family runs: the report reads their training metrics (srpo/... per step)
 SRPO_RUNS = [r for r in RUNS if EXP.runs[r]["method"] == "srpo"]
+# runs whose method owns a critic (its Method has ``state_values``, e.g. PPO): the critic's
+# value error and next-thought ranking over training, against the Monte Carlo truth of the
+# policy at each checkpoint (VinePPO's value analysis), for the first seed's run
+CRITIC_RUNS = [
+    r
+    for r in RUNS
+    if hasattr(
+        load_method(EXP.runs[r]["method"], EXP.methods_dir).Method, "state_values"
+    )
+]
 # the jobs sample and back-propagate through the model: a GPU for a real model
 DIAG_GPUS = int(REAL_MODEL)
 DIAG_RUNTIME = RUNTIME["evaluate"]
@@ -108,6 +120,38 @@ rule diagnostics_run:
     shell:
         "python -m analysis.diagnostics run -c {params.cfg} --run {wildcards.run}"
         " --base {params.base} --data {params.data} --truth {input.truth}"
+        " --out {output.result} --threads {threads} {params.opts} > {log} 2>&1"
+
+
+rule diagnostics_critic:
+    input:
+        base=rules.warmstart.output.model,
+        test=rules.data.output.test,
+        ledger=f"{R}/runs/{{run}}/seed{SEEDS[0]}/ledger.json",
+    output:
+        result=f"{DIAG_DIR}/critic/{{run}}.json",
+        md=f"{DIAG_DIR}/critic/{{run}}.md",
+    log:
+        f"{R}/logs/diagnostics/critic/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/diagnostics/critic/{{run}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=DIAG_GPUS,
+        runtime=DIAG_RUNTIME,
+        mem_mb=DIAG_MEM_MB,
+    params:
+        cfg=CONFIG,
+        base=input_dir("base"),
+        data=input_dir("test"),
+        run_dir=lambda wildcards, input: str(Path(input.ledger).parent),
+        opts=DIAG_OPTS["truth"],
+        run=run_params,
+    shell:
+        "python -m analysis.diagnostics critic -c {params.cfg} --run {wildcards.run}"
+        " --run-dir {params.run_dir} --base {params.base} --data {params.data}"
         " --out {output.result} --threads {threads} {params.opts} > {log} 2>&1"
 
 
@@ -190,4 +234,11 @@ rule diagnostics_report:
         " --smooth {params.smooth} > {log} 2>&1"
 
 
-DIAGNOSTICS_TARGETS = rules.diagnostics_report.output if DIAG_ENABLED else []
+DIAGNOSTICS_TARGETS = (
+    [
+        *rules.diagnostics_report.output,
+        *expand(f"{DIAG_DIR}/critic/{{run}}.md", run=CRITIC_RUNS),
+    ]
+    if DIAG_ENABLED
+    else []
+)
