@@ -10,8 +10,13 @@ first and last ``--window`` steps.
     OMP_NUM_THREADS=2 .venv-vllm/bin/python benchmarks/backend_reward_curves.py --steps 12
 
 A warm start that samples a few percent right gives GRPO almost no signal in a few
-steps; ``--min-len 2 --max-len 3 --warm-steps 600`` (the tests' small testbed) starts
-higher.
+steps. The default experiment's arithmetic (``--modulus 10``) and imperfect teacher
+(``--demo-error-rate 0.4 --demo-repair-rate 0.5``) start well above that, below the
+ceiling:
+
+    OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/backend_reward_curves.py \
+        --steps 16 --modulus 10 --demo-error-rate 0.4 --demo-repair-rate 0.5 \
+        --warm-steps 1000 --warm-lr 3e-3 --lr 3e-4
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--min-len", type=int, default=3, help="operations per chain, at least")
     p.add_argument("--max-len", type=int, default=6, help="operations per chain, at most")
+    p.add_argument("--modulus", type=int, default=100, help="chains' modulus (default run: 10)")
+    p.add_argument("--warm-lr", type=float, default=2e-3, help="warm start learning rate")
+    p.add_argument("--demo-error-rate", type=float, default=0.0, help="(default run: 0.4)")
+    p.add_argument("--demo-repair-rate", type=float, default=0.0, help="(default run: 0.5)")
     p.add_argument("--block-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=["grpo", "srpo_1x4"])

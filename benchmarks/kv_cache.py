@@ -67,9 +67,7 @@ def main() -> None:
     torch.manual_seed(0)
     chains = samplers["PreallocatedCache"].generate(prompts[:64], purpose="rollout")
     prefixes = [
-        g.context_ids + g.ids[:end]
-        for g in chains
-        for end in [0, *(g.thought_ends or [])[:-1]]
+        g.context_ids + g.ids[:end] for g in chains for end in [0, *(g.thought_ends or [])[:-1]]
     ]
     budgets = [sampling.max_new_tokens - (len(p) - len(prompts[0])) for p in prefixes]
     workloads = {

@@ -71,6 +71,7 @@ def config(args, runs=None):
                 "n_test": 100,
                 "min_len": getattr(args, "min_len", 3),
                 "max_len": getattr(args, "max_len", 6),
+                "modulus": getattr(args, "modulus", 100),
             },
             "model": {
                 "tiny": {
@@ -84,7 +85,9 @@ def config(args, runs=None):
                 "steps": args.warm_steps,
                 "skill_steps": 100,
                 "batch_size": 64,
-                "lr": 2e-3,
+                "lr": getattr(args, "warm_lr", 2e-3),
+                "demo_error_rate": getattr(args, "demo_error_rate", 0.0),
+                "demo_repair_rate": getattr(args, "demo_repair_rate", 0.0),
                 "warmup_steps": 20,
                 "eval_problems": 16,
             },

@@ -1,4 +1,4 @@
-"""Command line: ``creditbench {data,warmstart,train,evaluate,run,methods}``.
+"""Command line: ``creditbench {data,warmstart,train,evaluate,run,methods,plan}``.
 
 Every subcommand validates the whole experiment config before doing any work.
 Default paths follow the output contract ``results/<experiment>/...``; the
@@ -162,6 +162,12 @@ def _evaluate(cfg, args):
             temperature=ev.temperature,
             samples=ev.samples,
             chat_template=getattr(cfg.task, "chat_template", True),
+            vllm={
+                "gpu_memory_utilization": ev.vllm_gpu_memory_utilization,
+                "max_model_len": ev.vllm_max_model_len,
+                "tensor_parallel_size": ev.vllm_tensor_parallel_size,
+                "data_parallel_size": ev.vllm_data_parallel_size,
+            },
         )
     else:
         from creditbench.evaluate import evaluate_accuracy
@@ -270,6 +276,23 @@ def cmd_methods(cfg, args):
     print("\n".join(available_methods(cfg.methods_dir)))
 
 
+def cmd_plan(cfg, args):
+    """Estimated GPU memory per GPU and GPU-hours of every job; exit status 3 when a job
+    does not fit the GPU (``creditbench/plan.py`` states the assumptions)."""
+    from creditbench.plan import Assumptions, report
+
+    a = Assumptions(prompt_tokens=args.prompt_tokens, gpu_gib=args.gpu_memory_gib)
+    if args.hf_tokens_per_s:
+        a.hf_tokens_per_s = args.hf_tokens_per_s
+    if args.vllm_tokens_per_s:
+        a.vllm_tokens_per_s = args.vllm_tokens_per_s
+    text, problems = report(cfg, a)
+    print(text)
+    for line in problems:
+        print(f"creditbench: plan: {line}", file=sys.stderr)
+    return 3 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditbench", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -324,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("run", cmd_run, "the whole experiment in one process")
     sp.add_argument("--runs", help="comma-separated subset of the config's runs")
     add("methods", cmd_methods, "list the available methods")
+    sp = add("plan", cmd_plan, "estimated GPU memory and GPU-hours of every job")
+    sp.add_argument("--configfile", dest="config", help="experiment YAML (= --config)")
+    sp.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of one GPU")
+    sp.add_argument("--prompt-tokens", type=int, help="prompt tokens per row (default: by task)")
+    sp.add_argument(
+        "--hf-tokens-per-s", type=float, help="hf generation tokens/s per GPU at 1B parameters"
+    )
+    sp.add_argument(
+        "--vllm-tokens-per-s",
+        type=float,
+        help="vllm generation tokens/s per GPU at 1B parameters",
+    )
     sp = sub.add_parser("schema", help="print the experiment config's JSON schema")
     sp.set_defaults(func=None)
     return parser

@@ -422,7 +422,13 @@ class SamplingConfig(Strict):
     temperature: PositiveFloat = 1.0
     top_p: Probability = 1.0
     max_new_tokens: PositiveInt = 96  # the response length (a suffix: prefix + suffix)
-    batch_size: PositiveInt = 256
+    batch_size: PositiveInt = 256  # rows per ``generate`` batch (the cap on rows)
+    # [choice] memory: a ``generate`` batch of the hf backend holds at most this many KV
+    # positions, rows x (longest context in the batch + its largest token budget), so the
+    # KV cache stays under this x (KV bytes per token); rows are cut greedily in order, one
+    # row at least per batch, ``batch_size`` still capping the rows (null: rows only). The
+    # vllm backend schedules its own batches (``sampling.vllm.gpu_memory_utilization``)
+    max_batch_tokens: PositiveInt | None = None
     backend: Literal["hf", "vllm"] = "hf"
     vllm: VLLMConfig = VLLMConfig()
 
@@ -441,6 +447,13 @@ class TrainConfig(Strict):
     epochs: PositiveInt = 1
     minibatches: PositiveInt = 1
     micro_batch_size: PositiveInt | None = None  # sequences per forward (gradient accumulation)
+    # [choice] memory: recompute each decoder layer's activations in the backward instead
+    # of keeping them (transformers' ``gradient_checkpointing_enable`` with
+    # ``use_reentrant=False``, and ``config.use_cache=False`` for the updates), on the
+    # policy and on every transformers model a method owns (a critic's backbone); the
+    # sampler's ``generate`` runs in eval mode and keeps its KV cache. Same loss and
+    # gradients, about a third more compute per update
+    gradient_checkpointing: bool = False
     checkpoint_every: PositiveInt = 25
     # also a checkpoint at the first step boundary this many minutes after the last one
     # (a step count can outlast a cluster time limit); null: by steps only
@@ -505,12 +518,22 @@ class EvalConfig(Strict):
     (the default) where suites are long and run in parallel on several GPUs.
     ``group_seeds``: likewise one job per run for all its seeds (each seed's model in
     turn, in one process), started once every seed has trained.
+    ``batch_size``: lm-eval's, a number or ``auto`` (null: 64 on ``hf``, ``auto`` on
+    ``vllm``, where the engine schedules every request at once). ``vllm_*``: lm-eval's
+    vLLM model (``lm_eval_model: vllm`` only): the fraction of the GPU's memory the engine
+    takes (weights and KV cache), its context (prompt + generation; null: the model's
+    own), and the GPUs it spans by tensor and data parallelism (data parallelism needs
+    ray); an evaluation job of a real model asks for their product of GPUs.
     """
 
     suites: list[str] | None = None
     backend: Literal["lm-eval", "creditbench"] = "lm-eval"
     lm_eval_model: Literal["hf", "vllm"] = "hf"
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt | Literal["auto"] | None = None
+    vllm_gpu_memory_utilization: Probability = 0.9
+    vllm_max_model_len: PositiveInt | None = None
+    vllm_tensor_parallel_size: PositiveInt = 1
+    vllm_data_parallel_size: PositiveInt = 1
     problems: PositiveInt | None = 500
     samples: PositiveInt = 1
     temperature: Annotated[float, Field(ge=0)] = 0.0

@@ -14,7 +14,32 @@ config file) each process
   and sequence counts (``Collective.sum``), so DDP's gradient average equals the gradient
   of one process on the whole batch;
 - charges its own tokens to its own ledger; ``global_ledger`` sums them over processes
-  (seconds are the main process's wall-clock).
+  (seconds are the main process's wall-clock);
+- calls every trained or sharded model (policy, reference, a method's critic) the same
+  number of times in every training-time phase, whatever its shard holds (below).
+
+Equal calls. Under FSDP and DeepSpeed ZeRO-3 every forward and backward of a sharded
+model is a collective (its parameters are all-gathered, its gradients reduce-scattered),
+and under DDP every backward all-reduces the gradients: a process that makes one call
+fewer leaves the others waiting forever. Where the number of calls follows from the
+process's data (failed completions, probes, segments, micro-batches), the loop goes
+through ``lockstep(collective, chunks)``: every process agrees on the largest count
+(``Collective.max_count``, one ``all_reduce(max)``) and a process short of chunks gets
+``None`` for the rest, on which it calls the model with a placeholder input whose
+result it discards (a backward of it is weighted 0). The engine's update pads its
+minibatches and micro-batches so; so do OAR's importance passes, SPO's token
+probabilities and PPO's critic forwards and updates. The padding is not charged to the
+ledger and changes no result (a one-process run pads nothing).
+
+Generation is the exception that this does not cover. With ``sampling.backend: vllm``
+it is local: the engine samples from its own copy of the weights, which it takes once
+per step on entering ``Sampler.rollouts`` (equal on every process), so the number of
+generate calls may differ (IBPO's revisions of failed completions only, SRPO's search
+rounds, VinePPO's and SPO's Monte Carlo states). With ``hf`` under FSDP or ZeRO-3 the
+bare model's forwards are the sharded ones (``generation_context`` gathers only the FSDP
+root's own parameters, nothing under ZeRO-3) and transformers turns on ``synced_gpus``,
+which keeps the decoding steps of one ``generate`` call in step but not the number of
+calls: methods whose sampler calls depend on the data need ``vllm`` there.
 
 Launch (GPUs): ``accelerate launch --num_processes N [--config_file F] -m creditbench.cli
 train ...``. On CPUs (tests), ``accelerate launch --cpu`` starts one process unless MPI is
@@ -25,7 +50,7 @@ starts N processes over gloo.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -93,6 +118,12 @@ class Collective:
             return list(values)
         return [int(v) for v in self._reduce(values, torch.distributed.ReduceOp.MAX, torch.int64)]
 
+    def max_count(self, n: int) -> int:
+        """The largest ``n`` over processes (``n`` in one process): how often each process
+        must call a model when every call is a collective (see ``lockstep``)."""
+        (m,) = self.max([int(n)])
+        return m
+
     def gather(self, obj: Any) -> list[Any]:
         """Every process's ``obj``, in rank order, on every process."""
         if self.world == 1:
@@ -100,6 +131,20 @@ class Collective:
         out: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
+
+
+def lockstep(collective: Collective | None, chunks: Sequence[T]) -> Iterator[T | None]:
+    """``chunks``, then ``None`` until this process has had as many turns as the process
+    with the most (``Collective.max_count``; ``collective`` None: ``chunks`` alone).
+
+    A loop that calls a sharded or trained model once per chunk calls it once per ``None``
+    too, on a placeholder input, and discards the result (or weights its loss 0), so
+    every process makes the same calls whatever its data. Collective: every process
+    iterates it (the count is agreed on the first turn).
+    """
+    n = len(chunks) if collective is None else collective.max_count(len(chunks))
+    for i in range(n):
+        yield chunks[i] if i < len(chunks) else None
 
 
 def global_ledger(coll: Collective, ledger: Ledger) -> Ledger:
@@ -159,8 +204,10 @@ def generation_context(accelerator, wrapped_model):
     theirs in their forwards (as TRL does). FSDP and ZeRO-3 forwards are collectives:
     ``transformers`` synchronises ``generate``'s steps across processes (``synced_gpus``),
     but every process must still make the same number of sampler calls in a step, which
-    holds for methods with a fixed number of samples per prompt (GRPO) and not in general.
-    Untested (no GPUs here).
+    holds for methods with a fixed number of samples per prompt (GRPO) and not in general
+    (IBPO, SRPO, VinePPO, SPO: use ``sampling.backend: vllm``, whose generation is local;
+    see the module docstring). A method's scoring forwards of the bare model (OAR, SPO)
+    run inside it too. Untested (no GPUs here).
     """
     from accelerate.utils import DistributedType
 

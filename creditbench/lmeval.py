@@ -226,12 +226,55 @@ def evaluate_suite(
     return evaluate_suites(model_dir, {suite: (out, data_file)}, **kwargs)[suite]
 
 
+def lmeval_model_args(
+    model_dir: str | Path,
+    backend: str = "hf",
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    max_length: int | None = None,
+    batch_size: int | str | None = None,
+    seed: int = 0,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+) -> dict:
+    """lm-eval's ``model_args`` for the ``hf`` or ``vllm`` model.
+
+    ``hf``: the device and context (``max_length``). ``vllm``: no device (the engine
+    takes the GPUs ``CUDA_VISIBLE_DEVICES`` shows, which the workflow's placement sets),
+    the engine's ``gpu_memory_utilization``, ``max_model_len`` (``None``: the model's
+    own), ``tensor_parallel_size``, ``data_parallel_size`` and sampling ``seed``.
+    ``batch_size`` ``None``: 64 on ``hf``, ``auto`` on ``vllm`` (the engine schedules
+    all requests itself).
+    """
+    args: dict = {"pretrained": str(model_dir), "dtype": dtype}
+    if backend == "vllm":
+        args.update(
+            batch_size="auto" if batch_size is None else batch_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+            seed=seed,
+        )
+        if max_model_len is not None:
+            args["max_model_len"] = max_model_len
+        return args
+    args["batch_size"] = 64 if batch_size is None else batch_size
+    if backend == "hf":
+        args["device"] = device
+        if max_length is not None:
+            args["max_length"] = max_length
+    return args
+
+
 def evaluate_suites(
     model_dir: str | Path,
     suites: Mapping[str, tuple[str | Path, DataFiles | None]],
     backend: str = "hf",
     limit: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | str | None = None,
     max_length: int | None = 512,
     device: str = "cpu",
     dtype: str = "float32",
@@ -241,6 +284,7 @@ def evaluate_suites(
     temperature: float = 0.0,
     samples: int = 1,
     chat_template: bool = True,
+    vllm: Mapping | None = None,
 ) -> dict[str, dict]:
     """Run suites (tasks or groups) on one model in one lm-eval call; write each result
     and its samples. Returns ``{suite: record}``.
@@ -252,16 +296,22 @@ def evaluate_suites(
     model's own). ``max_gen_toks``: overrides every task's generation budget. ``limit``
     applies per task. ``temperature`` > 0: ``samples`` sampled completions per problem,
     scored by their mean (see :func:`sampled`). ``chat_template``: false gives the
-    prompts as plain text (SFT checkpoints).
+    prompts as plain text (SFT checkpoints). ``batch_size`` and ``vllm`` (the vLLM
+    engine's settings, keywords of :func:`lmeval_model_args`): see there.
     """
     from lm_eval import simple_evaluate
 
     task_manager = suite_task_manager(list(suites), tasks_dir)
-    model_args = {"pretrained": str(model_dir), "dtype": dtype}
-    if backend == "hf":
-        model_args["device"] = device
-        if max_length is not None:
-            model_args["max_length"] = max_length
+    model_args = lmeval_model_args(
+        model_dir,
+        backend,
+        dtype=dtype,
+        device=device,
+        max_length=max_length,
+        batch_size=batch_size,
+        seed=seed,
+        **(vllm or {}),
+    )
     specs = []
     for suite, (_, data_file) in suites.items():
         spec = suite_spec(task_manager, suite, data_file)
@@ -283,7 +333,7 @@ def evaluate_suites(
         model_args=model_args,
         tasks=specs,
         task_manager=task_manager,
-        batch_size=batch_size,
+        batch_size=None,  # in model_args
         limit=limit,
         log_samples=True,
         apply_chat_template=chat_template,

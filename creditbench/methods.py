@@ -304,6 +304,7 @@ class MethodContext:
                         thought_ends=ends,
                         prefix_len=len(prefix),
                         stop=g.stop,
+                        forwarded=g.forwarded,
                     )
                 )
             out.append(group)

@@ -155,15 +155,42 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return tok
 
 
+def needs_master_weights(cfg: ModelConfig) -> bool:
+    """Whether a trained policy of ``cfg`` keeps float32 master weights: a full fine-tune
+    (no LoRA) of a ``bfloat16`` / ``float16`` model. AdamW stepping half-precision weights
+    in place rounds every update smaller than half a unit in the last place away (bf16
+    keeps 8 significant bits: at lr 1e-6 most weights never move), so such a model trains
+    float32 weights under autocast to ``model.dtype`` (accelerate's ``mixed_precision``),
+    as transformers' Trainer and TRL do with ``bf16=True``. LoRA trains its adapters,
+    which peft keeps in float32 (``autocast_adapter_dtype``), on a frozen half base."""
+    return cfg.lora is None and cfg.dtype != "float32"
+
+
+def mixed_precision_of(cfg: ModelConfig) -> str:
+    """accelerate's ``mixed_precision`` name for ``cfg.dtype`` (``no``, ``bf16``, ``fp16``)."""
+    return {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[cfg.dtype]
+
+
 def load_policy(
-    path: str | Path, cfg: ModelConfig, device: torch.device | None = None, trainable: bool = True
+    path: str | Path,
+    cfg: ModelConfig,
+    device: torch.device | None = None,
+    trainable: bool = True,
+    master_weights: bool = False,
 ) -> PreTrainedModel:
-    """Load a causal LM from a local directory, hub id or GGUF file, optionally with LoRA."""
+    """Load a causal LM from a local directory, hub id or GGUF file, optionally with LoRA.
+
+    ``master_weights``: a trainable full fine-tune (``needs_master_weights``) loads its
+    weights in float32 whatever ``cfg.dtype``; the trainer runs its forwards under
+    autocast to ``cfg.dtype``. On CPU every model loads in float32.
+    """
     path = resolve_model_path(path)
     device = device or default_device()
     dtype = _DTYPES[cfg.dtype]
     if dtype != torch.float32 and device.type == "cpu":
         dtype = torch.float32  # half precision on CPU is slow and inexact; keep it for GPUs
+    if master_weights and trainable and needs_master_weights(cfg):
+        dtype = torch.float32  # the optimiser's master copy; forwards autocast to cfg.dtype
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
     if trainable and cfg.lora is not None:
         from peft import LoraConfig as PeftLoraConfig
@@ -184,11 +211,135 @@ def load_policy(
     return model
 
 
-def save_policy(model: PreTrainedModel, tokenizer, out_dir: str | Path) -> None:
-    """Save full weights (LoRA merged) and tokenizer in the Hugging Face layout."""
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        import copy
+def is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(str(out_dir))
+
+def enable_gradient_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing for a transformers model, or a peft model's base.
+
+    transformers' ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=
+    {"use_reentrant": False})`` (``activation_checkpointing_enable`` in transformers 5,
+    which deprecates the old name): each decoder layer's forward is recomputed in the
+    backward (``torch.utils.checkpoint``, non-reentrant: the same values and gradients, the
+    RNG state restored). ``config.use_cache=False``: a training forward builds no KV cache
+    (transformers turns it off with a warning under checkpointing in training mode).
+    Checkpointing applies in training mode only, so ``Sampler.generate`` (eval mode, an
+    explicit cache) decodes with its KV cache as before. A peft (LoRA) model also gets
+    ``enable_input_require_grads()`` where transformers has not registered it already
+    (transformers 5 does so in ``activation_checkpointing_enable``; peft's
+    ``prepare_model_for_kbit_training`` does the same), so the embeddings' output carries
+    gradients into checkpointed layers whose own weights are frozen (needed by reentrant
+    checkpointing; harmless otherwise).
+    """
+    base = model.get_base_model() if is_peft_model(model) else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.config.use_cache = False
+    if is_peft_model(model) and getattr(base, "_require_grads_hook", None) is None:
+        base.enable_input_require_grads()
+
+
+def lora_merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The state dict of the plain model a peft LoRA model merges into, on CPU.
+
+    Module by module: a LoRA layer's weight is ``W.cpu() + delta.cpu()``, ``delta`` being
+    peft's ``get_delta_weight(adapter)`` (``B @ A * scaling``, transposed for
+    ``fan_in_fan_out``) summed over the active adapters, added in ``W``'s dtype as peft's
+    ``merge`` does; one layer's delta at a time lives on the model's device. Every other
+    entry is the base model's own tensor, copied to CPU (tensors shared by several names,
+    tied embeddings, stay shared). Nothing of the trainer's model is written: its weights
+    stay bitwise as they were, and no second copy of the model is made on its device
+    (``merge_and_unload`` on a deep copy would make one).
+    """
+    base = model.get_base_model()
+    lora = {}  # LoRA layer name -> the layer
+    for name, module in base.named_modules():
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            if any(getattr(module, "use_dora", {}).get(a) for a in module.active_adapters):
+                raise NotImplementedError(f"{name}: DoRA layers do not merge by a weight delta")
+            lora[name] = module
+    copies: dict[int, torch.Tensor] = {}  # id of a tensor -> its CPU copy (shared stays shared)
+
+    def cpu(t: torch.Tensor) -> torch.Tensor:  # ``t``: the model's own (live) tensor
+        if id(t) not in copies:
+            copies[id(t)] = t.detach().to("cpu", copy=True)
+        return copies[id(t)]
+
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in base.state_dict(keep_vars=True).items():
+        owner = next((n for n in lora if key.startswith(f"{n}.")), None)
+        if owner is None:
+            out[key] = cpu(tensor)
+            continue
+        rest = key[len(owner) + 1 :]
+        if not rest.startswith("base_layer."):
+            continue  # lora_A / lora_B / embeddings of the adapters
+        plain = f"{owner}.{rest.removeprefix('base_layer.')}"
+        module = lora[owner]
+        if rest != "base_layer.weight" or module.merged or module.disable_adapters:
+            out[plain] = cpu(tensor)
+            continue
+        weight = tensor.detach().to("cpu", copy=True)
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                weight += module.get_delta_weight(adapter).detach().to("cpu", weight.dtype)
+        out[plain] = weight
+    return out
+
+
+def save_policy(
+    model: PreTrainedModel, tokenizer, out_dir: str | Path, dtype: torch.dtype | None = None
+) -> None:
+    """Save full weights (LoRA merged) and tokenizer in the Hugging Face layout.
+
+    A LoRA model is merged by ``lora_merged_state_dict`` (streamed to CPU, the trainer's
+    weights untouched) and saved with the base model's config, so ``from_pretrained``
+    loads a plain model. ``dtype``: the saved weights' dtype (float32 master weights are
+    saved in ``model.dtype``); null: as they are.
+    """
+    if is_peft_model(model):
+        base = model.get_base_model()
+        state_dict = lora_merged_state_dict(model)
+    else:
+        base, state_dict = model, None
+    if dtype is not None and any(p.dtype != dtype for p in base.parameters()):
+        state_dict = cast_state_dict(base.state_dict() if state_dict is None else state_dict, dtype)
+    if state_dict is None:
+        base.save_pretrained(str(out_dir))
+    else:
+        base.save_pretrained(str(out_dir), state_dict=state_dict)
+        if dtype is not None:  # the config names the weights' dtype
+            set_saved_dtype(Path(out_dir), dtype)
     tokenizer.save_pretrained(str(out_dir))
+
+
+def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict:
+    """``state_dict`` with its floating-point tensors copied to CPU in ``dtype``; names that
+    share one tensor (tied embeddings) keep sharing one copy."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k, v in state_dict.items():
+        if v.is_floating_point():
+            key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), v.shape)
+            if key not in cast:
+                cast[key] = v.detach().to("cpu", dtype, copy=True)
+            v = cast[key]
+        out[k] = v
+    return out
+
+
+def set_saved_dtype(out_dir: Path, dtype: torch.dtype) -> None:
+    """Name ``dtype`` in a saved model's ``config.json`` (weights cast on saving)."""
+    import json
+
+    path = out_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for key in ("dtype", "torch_dtype"):
+        if key in cfg:
+            cfg[key] = name
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

@@ -28,6 +28,7 @@ class Trajectory:
     thought_ends: list[int]  # exclusive token offsets of each thought in completion_ids
     prefix_len: int = 0  # leading completion tokens that were given, not sampled
     stop: str = "eos"  # why sampling stopped: eos, pattern or length
+    forwarded: int = 0  # tokens the ledger charged as forwarded for sampling it
     advantages: list[float] | None = None  # per completion token, set by the method
     loss_mask: list[float] | None = None  # per completion token; None = all tokens
     meta: dict[str, Any] = field(default_factory=dict)

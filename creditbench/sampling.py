@@ -8,7 +8,14 @@ Prefix sharing: ``generate(contexts, n=K)`` samples K continuations of each cont
 and runs each context's prefill once per batch, expanding its KV cache to the K rows
 (what vLLM's prefix caching does for identical requests). The outputs are those of
 ``generate`` on each context repeated K times; the ledger charges the shared prefill
-once.
+once (per batch: a context whose K rows are split over two batches is prefilled, and
+charged, in each).
+
+Batches: rows (each context's K copies, in order) go to ``generate`` in batches of at
+most ``sampling.batch_size`` rows and, with ``sampling.max_batch_tokens``, of at most
+that many KV positions (rows x (longest context + largest budget)), cut greedily in
+order (``batch_spans``). Greedy outputs do not depend on the cut; sampled ones come
+from another stream of random numbers when the batches change.
 
 Thought-level generation: a task with a stop pattern (``task.thought_rules``, see
 ``creditbench.thoughts``) has its chains generated thought by thought, as SRPO's agent
@@ -50,6 +57,9 @@ class Generation:
     stop: str  # "eos", "pattern", "length"; with thought rules also "answer", "thoughts"
     logprobs: list[float] | None = None  # log pi(token) under the raw model distribution (T = 1)
     thought_ends: list[int] | None = None  # with thought rules: exclusive ends in ``ids``
+    # the tokens the ledger charged as forwarded for this row: its share of the batch's
+    # prefill (``prefill_shares``) plus ``ids``; a call's rows sum to its charge
+    forwarded: int = 0
 
 
 class TrackStops(StoppingCriteria):
@@ -73,6 +83,57 @@ class TrackStops(StoppingCriteria):
         last = input_ids[:, -1].tolist()
         done = [self.tracker.push(r, last[i]) for i, r in enumerate(self.rows)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def prefill_shares(contexts: list[list[int]]) -> list[int]:
+    """Per row of one batch, the context tokens the sampler charges for its prefill
+    (``Sampler._shared_prefill``): every context in full when none repeats (or every
+    context is a single token); else a distinct context's first row carries its ``len - 1``
+    shared tokens plus its own last token, and every further row only its last token.
+    The shares sum to the batch's charge, so a method that re-charges some rows to another
+    purpose (SRPO's seed search) moves exactly what was charged for them."""
+    if not contexts:
+        return []
+    if len({tuple(c) for c in contexts}) == len(contexts) or max(map(len, contexts)) < 2:
+        return [len(c) for c in contexts]
+    seen: set[tuple[int, ...]] = set()
+    shares = []
+    for c in contexts:
+        shares.append(1 if tuple(c) in seen else len(c))
+        seen.add(tuple(c))
+    return shares
+
+
+def batch_spans(
+    context_lens: list[int],
+    budgets: list[int],
+    batch_size: int,
+    max_batch_tokens: int | None = None,
+) -> list[tuple[int, int]]:
+    """The ``generate`` batches of rows in order, as ``[start, end)`` spans.
+
+    Greedy, in order: a row joins the current batch while the batch keeps at most
+    ``batch_size`` rows and, with ``max_batch_tokens``, rows x (longest context + largest
+    budget in the batch) <= ``max_batch_tokens``, the KV positions of a left-padded batch
+    (``sampling.max_batch_tokens``); otherwise it starts the next batch. A row alone is
+    always a batch (even one over the budget). Rows are never reordered, so every row's
+    generation and the output order are those of one batch.
+    """
+    spans: list[tuple[int, int]] = []
+    start, width, budget = 0, 0, 0
+    for i, (n, b) in enumerate(zip(context_lens, budgets, strict=True)):
+        rows = i - start + 1
+        w, m = max(width, n), max(budget, b)
+        fits = rows <= batch_size and (
+            max_batch_tokens is None or rows * (w + m) <= max_batch_tokens
+        )
+        if i > start and not fits:
+            spans.append((start, i))
+            start, w, m = i, n, b
+        width, budget = w, m
+    if context_lens:
+        spans.append((start, len(context_lens)))
+    return spans
 
 
 class Sampler:
@@ -215,10 +276,15 @@ class Sampler:
         ]
         out: list[Generation] = []
         forwarded = 0
-        bs = self.cfg.batch_size
+        spans = batch_spans(
+            [len(c) for c, _, _ in rows],
+            [b for _, b, _ in rows],
+            self.cfg.batch_size,
+            self.cfg.max_batch_tokens,
+        )
         with self.ledger.phase("generate"):
-            for i in range(0, len(rows), bs):
-                chunk = rows[i : i + bs]
+            for i, j in spans:
+                chunk = rows[i:j]
                 gens, prefill = self._generate_batch(
                     [c for c, _, _ in chunk],
                     stops,
@@ -258,9 +324,7 @@ class Sampler:
         slower: ``benchmarks/kv_cache.py``)."""
         return PreallocatedCache(self.model.config, capacity)
 
-    def _shared_prefill(
-        self, input_ids, attention, contexts, capacity: int
-    ) -> tuple[Cache, int]:
+    def _shared_prefill(self, input_ids, attention, contexts, capacity: int) -> tuple[Cache, int]:
         """The KV cache of each row's context but its last token, once per distinct context.
 
         Returns the cache expanded to all rows (empty when no context repeats in the
@@ -384,10 +448,12 @@ class Sampler:
                 logits = torch.stack(res.logits, dim=1).float().cpu()  # [B, T, V], raw
                 lp = F.log_softmax(logits, dim=-1).gather(-1, new[:, : logits.size(1), None])
                 lp = lp[..., 0]
+        shares = prefill_shares([contexts[r] for r in active])
         out = []
         for r, ctx in enumerate(contexts):
             n = tracker.length[r]
             ids = new[active_pos[r], :n].tolist() if r in active_pos else []
+            share = shares[active_pos[r]] if r in active_pos else 0
             out.append(
                 Generation(
                     context_ids=list(ctx),
@@ -400,6 +466,8 @@ class Sampler:
                         else ([] if want_logprobs else None)
                     ),
                     thought_ends=list(tracker.ends[r]) if rules is not None else None,
+                    forwarded=share + len(ids),
                 )
             )
+        assert sum(shares) == prefilled, (shares, prefilled)  # the ledger's count, row by row
         return out, prefilled

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from creditbench import faults
-from creditbench.config import RunConfig
+from creditbench.config import ConfigError, RunConfig
 from creditbench.distributed import (
     Collective,
     configure_deepspeed,
@@ -71,7 +71,17 @@ from creditbench.evaluate import evaluate_accuracy
 from creditbench.ledger import Ledger
 from creditbench.loss import batch_loss, completion_logprobs, needs_old_logprobs
 from creditbench.methods import MethodContext, load_method
-from creditbench.model import load_policy, load_tokenizer, save_policy
+from creditbench.model import (
+    cast_state_dict,
+    enable_gradient_checkpointing,
+    is_peft_model,
+    load_policy,
+    load_tokenizer,
+    mixed_precision_of,
+    needs_master_weights,
+    save_policy,
+    set_saved_dtype,
+)
 from creditbench.rollouts import Batch
 from creditbench.sampling import Sampler
 from creditbench.tasks import make_task
@@ -159,6 +169,69 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     return None
 
 
+@contextmanager
+def _mixed_precision_env(run: RunConfig):
+    """A half-precision full fine-tune on a GPU asks accelerate for ``mixed_precision``
+    (``bf16`` / ``fp16``, the ``ACCELERATE_MIXED_PRECISION`` that ``accelerate launch
+    --mixed_precision`` sets) when the launch left it unset: the new ``Accelerator`` then
+    autocasts the prepared model's forwards and (fp16) scales the loss."""
+    if (
+        not needs_master_weights(run.model)
+        or "ACCELERATE_MIXED_PRECISION" in os.environ
+        or not torch.cuda.is_available()
+    ):
+        yield
+        return
+    from accelerate.utils import patch_environment
+
+    with patch_environment(ACCELERATE_MIXED_PRECISION=mixed_precision_of(run.model)):
+        yield
+
+
+def _check_precision(run: RunConfig, accelerator) -> bool:
+    """Whether the policy trains float32 master weights (``model.needs_master_weights``).
+
+    A full fine-tune of a ``bfloat16`` / ``float16`` model loads float32 weights and runs
+    its forwards under accelerate's ``mixed_precision`` of the same dtype (one process,
+    DDP, FSDP: FSDP's ``MixedPrecision`` computes in half from float32 shards). DeepSpeed
+    keeps float32 masters itself (its bf16 / fp16 optimiser) and loads the model as
+    configured. On CPU without mixed precision every model is float32 already. Where
+    accelerate's precision is not the model's (an ``Accelerator`` made earlier in the
+    process, or a launch config with another precision), a ConfigError names the fix.
+    """
+    if not needs_master_weights(run.model):
+        return False
+    want, have = mixed_precision_of(run.model), accelerator.mixed_precision
+    if have == want:
+        return accelerator.distributed_type != DistributedType.DEEPSPEED
+    if have == "no" and accelerator.device.type == "cpu":
+        return False  # CPU: a plain float32 run (load_policy), as before
+    raise ConfigError(
+        f"model.dtype: {run.model.dtype} with full fine-tuning (model.lora: null) trains "
+        f"float32 master weights under accelerate's mixed_precision {want!r}, but this "
+        f"process's accelerate runs mixed_precision {have!r}"
+        + (" (DeepSpeed: its bf16 / fp16 setting)" if have == "no" else "")
+        + f": launch with `accelerate launch --mixed_precision {want}` (or set "
+        f"mixed_precision: {want} in the accelerate config), or set model.dtype: "
+        f"{'bfloat16' if have == 'bf16' else 'float16' if have == 'fp16' else 'float32'}"
+    )
+
+
+def _transformers_models(module) -> list:
+    """The outermost transformers (or peft) models inside ``module`` (a critic's backbone)."""
+    from transformers import PreTrainedModel
+
+    found: list[tuple[str, object]] = []
+    for name, sub in module.named_modules():
+        if any(name == p or name.startswith(f"{p}.") for p, _ in found if p):
+            continue
+        if isinstance(sub, PreTrainedModel) or is_peft_model(sub):
+            found.append((name, sub))
+            if not name:
+                break
+    return [m for _, m in found]
+
+
 class Trainer:
     def __init__(
         self,
@@ -175,7 +248,12 @@ class Trainer:
             raise FileNotFoundError(f"initial model {str(init_model)!r} has no config.json")
         self.run, self.seed = run, seed
         # one process, or one of N under ``accelerate launch`` (DDP / FSDP / DeepSpeed)
-        self.accelerator = accelerator or make_accelerator()
+        if accelerator is None:
+            with _mixed_precision_env(run):
+                accelerator = make_accelerator()
+        self.accelerator = accelerator
+        # float32 master weights under autocast for a half-precision full fine-tune
+        self.master_weights = _check_precision(run, accelerator)
         self.dist = Collective(self.accelerator)
         self.world, self.rank = self.dist.world, self.dist.rank
         self.is_main = self.accelerator.is_main_process
@@ -190,10 +268,18 @@ class Trainer:
         self.eval_problems = self.task.load("test")[: run.train.eval_problems]
         seed_everything(seed)
         self.tokenizer = load_tokenizer(init_model)
-        model = load_policy(init_model, run.model, self.device, trainable=True)
+        model = load_policy(
+            init_model, run.model, self.device, trainable=True, master_weights=self.master_weights
+        )
+        if t.gradient_checkpointing:  # before the method copies the policy (a critic)
+            enable_gradient_checkpointing(model)
         self.ref_model = None
         if run.loss.beta > 0 and run.model.lora is None:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            if self.master_weights:  # the frozen reference needs no float32 copy
+                self.ref_model = load_policy(init_model, run.model, self.device, trainable=False)
+                self.ref_model.eval()
+            else:
+                self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=t.lr,
@@ -224,6 +310,8 @@ class Trainer:
             seed=seed,
             rank=self.rank,
         )
+        if self.master_weights:  # a vLLM engine samples in model.dtype, not the masters'
+            self.sampler.engine_dtype = run.model.dtype
         module = load_method(run.method, methods_dir)
         # a method's private per-step RNGs (step_rng) differ between processes too
         self.ctx = MethodContext(
@@ -373,6 +461,9 @@ class Trainer:
                 f"({name!r}), which DeepSpeed cannot train beside the policy in one "
                 "Accelerator; use launch.accelerate_config: ddp or fsdp"
             )
+        if self.run.train.gradient_checkpointing:
+            for model in _transformers_models(module):
+                enable_gradient_checkpointing(model)
         wrapped, optimizer = self.accelerator.prepare(module, optimizer)
         return OwnedState(
             name,
@@ -679,7 +770,9 @@ class Trainer:
                     self.sampler.rollouts(self.step),  # an engine takes the current weights
                 ):
                     groups = self.method.collect(problems, self.step)
-                with self.ledger.phase("credit"):
+                # a method's scoring forwards of the bare model (OAR's importances) need
+                # what sampling needs; its passes run in lockstep over the processes
+                with self.ledger.phase("credit"), self._generating():
                     trained = self.method.advantages(groups)
                 buffer = [tr for g in groups for tr in g.trajectories]
                 with self.ledger.phase("update"):
@@ -788,9 +881,15 @@ class Trainer:
             tmp = self.out_dir / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             if state_dict is None:
-                save_policy(self.model, self.tokenizer, tmp)
+                # float32 master weights are saved in the configured dtype
+                dtype = getattr(torch, self.run.model.dtype) if self.master_weights else None
+                save_policy(self.model, self.tokenizer, tmp, dtype=dtype)
             else:
+                if self.master_weights:  # FSDP's float32 shards, saved in model.dtype
+                    state_dict = cast_state_dict(state_dict, getattr(torch, self.run.model.dtype))
                 self.model.save_pretrained(str(tmp), state_dict=state_dict)
+                if self.master_weights:
+                    set_saved_dtype(tmp, getattr(torch, self.run.model.dtype))
                 self.tokenizer.save_pretrained(str(tmp))
             faults.point("finish")
             replace_dir(tmp, self.out_dir / "model")

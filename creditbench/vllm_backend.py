@@ -69,7 +69,7 @@ import torch
 from creditbench import faults
 from creditbench.config import SamplingConfig
 from creditbench.ledger import Ledger
-from creditbench.sampling import Generation, Sampler
+from creditbench.sampling import Generation, Sampler, batch_spans, prefill_shares
 from creditbench.thoughts import LENGTH, ThoughtRules, ThoughtTracker
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -98,10 +98,7 @@ def hf_prefill_tokens(contexts: list[list[int]]) -> int:
     """The context tokens the HF sampler charges for one batch (``Sampler._shared_prefill``):
     every context in full when none repeats (or any is a single token), else each distinct
     context's ``len - 1`` tokens once plus each row's last token."""
-    distinct = {tuple(c) for c in contexts}
-    if len(distinct) == len(contexts) or max(len(c) for c in contexts) < 2:
-        return sum(len(c) for c in contexts)
-    return sum(len(c) - 1 for c in distinct) + len(contexts)
+    return sum(prefill_shares(contexts))
 
 
 def lora_merged_weights(model) -> list[tuple[str, torch.Tensor]]:
@@ -262,7 +259,10 @@ class VLLMSampler(Sampler):
         path = Path(self._tmp.name)
         config.save_pretrained(path)
         cfg_json = json.loads((path / "config.json").read_text())
-        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        # the trainer's compute dtype: float32 master weights sample in ``model.dtype``
+        dtype = getattr(self, "engine_dtype", None) or str(
+            next(self.model.parameters()).dtype
+        ).removeprefix("torch.")
         kwargs = dict(
             model=str(path),
             skip_tokenizer_init=True,  # ids in, ids out; the trainer's tokenizer decodes
@@ -407,13 +407,22 @@ class VLLMSampler(Sampler):
             out = self._generate_rows(
                 contexts, budgets, done, n, call, stops, temperature, top_p, logprobs, rules
             )
-        # charged as the HF sampler charges its batches of ``batch_size`` rows (context
-        # i's n rows first): each batch's prefill count plus the tokens kept
-        forwarded, bs = 0, self.cfg.batch_size
-        for i in range(0, len(out), bs):
-            chunk = out[i : i + bs]
-            forwarded += hf_prefill_tokens([g.context_ids for g in chunk])
-            forwarded += sum(len(g.ids) for g in chunk)
+        # charged as the HF sampler charges its batches (``batch_spans``: ``batch_size``
+        # rows, ``max_batch_tokens`` KV positions; context i's n rows first): each batch's
+        # prefill count plus the tokens kept. The engine itself schedules its own batches
+        # (``sampling.vllm.gpu_memory_utilization``): ``max_batch_tokens`` bounds hf only
+        forwarded = 0
+        spans = batch_spans(
+            [len(g.context_ids) for g in out],
+            [b for b in budgets for _ in range(n)],
+            self.cfg.batch_size,
+            self.cfg.max_batch_tokens,
+        )
+        for i, j in spans:
+            chunk = out[i:j]
+            for g, share in zip(chunk, prefill_shares([g.context_ids for g in chunk]), strict=True):
+                g.forwarded = share + len(g.ids)
+            forwarded += sum(g.forwarded for g in chunk)
             faults.point("generate")
         self.ledger.add_tokens(purpose, generated=sum(len(g.ids) for g in out), forwarded=forwarded)
         return out

@@ -72,6 +72,11 @@ parameter below or a documented behaviour:
   not depend on ``perturbation_batch_size`` or the device.
 - Importance passes run with the model in eval mode (no dropout) and leave no gradient
   on the policy's parameters (``torch.autograd.grad`` w.r.t. the input embeddings only).
+- Several processes: the number of importance forwards follows from a process's
+  probes, so the passes run in ``lockstep`` (``creditbench.distributed``): a process with
+  fewer batches runs the missing ones on a placeholder probe and discards them, since
+  under FSDP / ZeRO-3 each forward (and OAR-G's backward) is a collective. Placeholders
+  are not charged to the ledger and draw no noise.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from creditbench.distributed import lockstep
 from creditbench.rollouts import Group, Trajectory, decoded_lengths, group_normalise
 
 DEFAULTS = {"loss": {"clip": True, "epsilon": 0.2, "beta": 0.0, "aggregation": "grpo"}}
@@ -286,32 +292,46 @@ def outcome_logprobs(
     return torch.log_softmax(mean, dim=-1)
 
 
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def placeholder_probe(pad_id: int) -> Probe:
+    """Two pad tokens, the second a reasoning token: the input of a pass that only keeps
+    the processes in step (``lockstep``); its result is discarded."""
+    return Probe([pad_id, pad_id], 1, 1, (0, 1))
 
 
 @torch.no_grad()
 def perturbation_importance(
-    model, probes: list[Probe], pad_id: int, batch_size: int
+    model, probes: list[Probe], pad_id: int, batch_size: int, collective=None
 ) -> tuple[list[torch.Tensor], int]:
     """OAR-P: ``I_t = KL(P_final || P_final^(t))`` with token t replaced by ``pad_id``.
 
     Returns one float64 importance vector per probe and the number of forwarded tokens
     (every clean and perturbed sequence). Perturbed copies of all probes are batched
-    together, ``batch_size`` sequences per forward.
+    together, ``batch_size`` sequences per forward. ``collective``: every process makes
+    as many forwards as the one with the most (placeholders, discarded).
     """
     device = next(model.parameters()).device
     forwarded = 0
     clean = []
-    for chunk in _chunks(probes, batch_size):
+    for chunk in lockstep(collective, _chunks(probes, batch_size)):
+        if chunk is None:  # another process has more batches: a placeholder forward
+            ids, attention = pad_left([[pad_id]], pad_id, device)
+            outcome_logprobs(model, ids, attention, [1])
+            continue
         ids, attention = pad_left([p.ids for p in chunk], pad_id, device)
         clean.append(outcome_logprobs(model, ids, attention, [p.n_pred for p in chunk]))
         forwarded += sum(len(p.ids) for p in chunk)
-    clean = torch.cat(clean)
+    clean = torch.cat(clean) if clean else None
     importance = [torch.zeros(len(p.positions), dtype=torch.float64) for p in probes]
     rows = [(k, j, pos) for k, p in enumerate(probes) for j, pos in enumerate(p.positions)]
-    for chunk in _chunks(rows, batch_size):
+    for chunk in lockstep(collective, _chunks(rows, batch_size)):
+        if chunk is None:
+            ids, attention = pad_left([[pad_id]], pad_id, device)
+            outcome_logprobs(model, ids, attention, [1])
+            continue
         seqs = []
         for k, _, pos in chunk:
             seq = list(probes[k].ids)
@@ -335,7 +355,12 @@ def reasoning_noise(
 
 
 def gradient_importance(
-    model, probes: list[Probe], pad_id: int, noise: list[torch.Tensor], batch_size: int
+    model,
+    probes: list[Probe],
+    pad_id: int,
+    noise: list[torch.Tensor],
+    batch_size: int,
+    collective=None,
 ) -> tuple[list[torch.Tensor], int]:
     """OAR-G: ``I_t = |<dJ/de_t, e_t>|``, ``J = KL(p0 || p_noisy)``, noise on reasoning tokens.
 
@@ -343,12 +368,19 @@ def gradient_importance(
     interact, so the gradient of the summed ``J`` gives each row its own gradient. Only
     the input embeddings are differentiated: the parameters' ``.grad`` is left untouched.
     Returns float64 importances per probe and the forwarded tokens (clean + noisy).
+    ``collective``: every process makes as many passes as the one with the most (on a
+    placeholder probe with zero noise, discarded).
     """
     device = next(model.parameters()).device
     embed = model.get_input_embeddings()
     importance: list[torch.Tensor] = []
     forwarded = 0
-    for chunk in _chunks(list(range(len(probes))), batch_size):
+    hidden = embed.weight.shape[-1]
+    for chunk in lockstep(collective, _chunks(list(range(len(probes))), batch_size)):
+        if chunk is None:  # another process has more batches: the same pass, discarded
+            p = placeholder_probe(pad_id)
+            gradient_importance(model, [p], pad_id, [torch.zeros(1, hidden)], 1)
+            continue
         ps = [probes[k] for k in chunk]
         n_pred = [p.n_pred for p in ps]
         ids, attention = pad_left([p.ids for p in ps], pad_id, device)
@@ -441,19 +473,25 @@ class Method:
         seeds OAR-G's noise."""
         p, model, ledger = self.params, self.ctx.model, self.ctx.ledger
         pad_id = self.ctx.tokenizer.pad_token_id
+        coll = self._lockstep()
         with ledger.phase(p.importance), _eval_mode(model):
             if p.importance == "perturbation":
                 imp, forwarded = perturbation_importance(
-                    model, probes, pad_id, p.perturbation_batch_size
+                    model, probes, pad_id, p.perturbation_batch_size, coll
                 )
             else:
                 hidden = model.get_input_embeddings().weight.shape[-1]
                 noise = reasoning_noise(probes, hidden, p.noise_std, self.noise_generator(step))
                 imp, forwarded = gradient_importance(
-                    model, probes, pad_id, noise, p.perturbation_batch_size
+                    model, probes, pad_id, noise, p.perturbation_batch_size, coll
                 )
         ledger.add_tokens(p.importance, forwarded=forwarded)
         return imp
+
+    def _lockstep(self):
+        """The processes the importance passes keep in step with (``None``: one process)."""
+        coll = getattr(self.ctx, "collective", None)
+        return coll if coll is not None and coll.world > 1 else None
 
     def advantages(self, groups: list[Group]) -> list[Trajectory]:
         p = self.params
@@ -465,7 +503,7 @@ class Method:
                 probe = self.probe(traj) if a != 0 else None  # A = 0 * w: skip the pass
                 if probe is not None:
                     todo.append((traj, float(a), probe))
-        if todo:
+        if todo or self._lockstep() is not None:  # several processes: every one passes
             step = self.step_of(groups) if p.importance == "gradient" else 0
             importances = self.importance([pr for _, _, pr in todo], step)
             for (traj, a, probe), imp in zip(todo, importances, strict=True):

@@ -66,6 +66,12 @@ so with the same batches the updates are the same, up to the minibatch order); n
 ``ratio_threshold`` micro-batch skipping; the critic's values are computed once per step
 with the critic before the update (the code's ``_update_episodes_with_values``, the same).
 
+Several processes: the critic's value forwards, its minibatches and micro-batches (each
+backward all-reduces its gradients; under FSDP every forward is a collective too) and,
+with ``critic: head``, the policy's trunk forwards run in ``lockstep``
+(``creditbench.distributed``): a process with fewer rows runs placeholder passes (a
+backward weighted 0) and the same optimiser steps, whatever its shard holds.
+
 Compute ledger: rollouts ``rollout``; the critic's value forwards ``critic_forward``
 (with ``critic: head``, the policy's forward for the trunk's hidden states too); its
 training forwards and backwards ``critic_update``.
@@ -83,6 +89,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import get_scheduler
 
+from creditbench.distributed import lockstep
 from creditbench.rollouts import Group, Trajectory
 
 DEFAULTS = {
@@ -328,14 +335,36 @@ class Method:
             return self.critic(features=features, tokens=0)
         return self.critic(*rows, tokens=tokens)
 
+    def _lockstep(self):
+        """The processes whose critic calls must be equal in number (``None``: one)."""
+        coll = getattr(self.ctx, "collective", None)
+        return coll if coll is not None and coll.world > 1 else None
+
+    def _placeholder_values(self, trunk: bool = True) -> torch.Tensor:
+        """The critic on one pad token, not charged: a pass that only keeps the processes
+        in step (``lockstep``). ``critic: head``: through the policy's trunk (``trunk``) or
+        on zero features (the update's micro-batches, whose features are computed)."""
+        pad = self.ctx.tokenizer.pad_token_id
+        rows = pad_rows([[pad]], [[pad]], pad, self._device())
+        if self.params.critic == "head":
+            features = torch.zeros((1, 1, _hidden_size(self.ctx.model)), device=self._device())
+            if trunk:
+                with torch.no_grad():
+                    features = state_hidden(self.ctx.model, *rows)
+            return self.critic.module(features=features)
+        return self.critic.module(*rows)
+
     def token_values(self, trajs: Sequence[Trajectory]) -> list[list[float]]:
         """``V(s_0) .. V(s_{n-1})`` of each trajectory from the current critic."""
         out: list[list[float]] = []
         size = self.ctx.run.train.micro_batch_size or max(len(trajs), 1)
+        chunks = [trajs[s : s + size] for s in range(0, len(trajs), size)]
         self.critic.module.eval()
         with torch.no_grad():
-            for s in range(0, len(trajs), size):
-                part = trajs[s : s + size]
+            for part in lockstep(self._lockstep(), chunks):
+                if part is None:  # another process has more batches
+                    self._placeholder_values()
+                    continue
                 v = self._values([t.prompt_ids for t in part], [t.completion_ids for t in part])
                 v = v.float().cpu()
                 out.extend(v[i, : len(t.completion_ids)].tolist() for i, t in enumerate(part))
@@ -391,10 +420,11 @@ class Method:
         """Train the critic on the step's trajectories (after the policy's update)."""
         p, t = self.params, self.ctx.run.train
         rows = [tr for tr in trained if "returns" in tr.meta]
-        if not rows:
+        coll = self._lockstep()  # several processes: every one takes every step
+        if not rows and coll is None:
             return {}
         device = self._device()
-        c = max(len(tr.completion_ids) for tr in rows)
+        c = max((len(tr.completion_ids) for tr in rows), default=1)
 
         def padded(key: str) -> torch.Tensor:
             out = torch.zeros((len(rows), c), dtype=torch.float32)
@@ -411,9 +441,14 @@ class Method:
         features = None
         if p.critic == "head":  # the trunk as the policy's update left it
             features = []
-            size = t.micro_batch_size or len(rows)
-            for s in range(0, len(rows), size):
-                part = rows[s : s + size]
+            size = t.micro_batch_size or max(len(rows), 1)
+            chunks = [rows[s : s + size] for s in range(0, len(rows), size)]
+            for part in lockstep(coll, chunks):
+                if part is None:  # another process has more: the trunk's forward, discarded
+                    pad = self.ctx.tokenizer.pad_token_id
+                    with torch.no_grad():
+                        state_hidden(self.ctx.model, *pad_rows([[pad]], [[pad]], pad, device))
+                    continue
                 pr = pad_rows(
                     [x.prompt_ids for x in part],
                     [x.completion_ids for x in part],
@@ -424,23 +459,29 @@ class Method:
                     h = state_hidden(self.ctx.model, *pr)
                 self.critic.charge(int(pr[1].sum() + pr[3].sum()), grad=False)
                 features.append(torch.nn.functional.pad(h, (0, 0, 0, c - h.size(1))))
-            features = torch.cat(features)
-        coll = getattr(self.ctx, "collective", None)
-        world = getattr(coll, "world", 1) if coll is not None else 1
+            features = (
+                torch.cat(features)
+                if features
+                else torch.zeros((0, c, _hidden_size(self.ctx.model)), device=device)
+            )
+        world = 1 if coll is None else coll.world
         gen = torch.Generator().manual_seed(1_000_003 * self.ctx.seed + step)
         stats: dict[str, list[float]] = {}
-        micro = t.micro_batch_size or len(rows)
+        micro = t.micro_batch_size or max(len(rows), 1)
         for _ in range(self.epochs):
             order = torch.randperm(len(rows), generator=gen) if self.minibatches > 1 else None
             order = torch.arange(len(rows)) if order is None else order
-            for mb in order.chunk(self.minibatches):
-                mb = mb.tolist()
+            for mb in lockstep(coll, list(order.chunk(self.minibatches))):
+                mb = [] if mb is None else mb.tolist()  # None: another process has more
                 n_tokens = float(mask[mb].sum())
                 if world > 1:
                     (n_tokens,) = coll.sum([n_tokens])
                 total = 0.0
-                for s in range(0, len(mb), micro):
-                    idx = mb[s : s + micro]
+                for idx in lockstep(coll, [mb[s : s + micro] for s in range(0, len(mb), micro)]):
+                    if idx is None:  # another process has more micro-batches: weight 0
+                        v = self._placeholder_values(trunk=features is None)
+                        self.critic.backward(v.sum() * 0.0)
+                        continue
                     if features is not None:
                         n = int(mask[idx].sum())
                         v = self.critic(features=features[idx], tokens=n)

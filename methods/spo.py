@@ -76,6 +76,10 @@ thought rules then start a new thought at the cut; the probabilities of the tree
 segments are computed for the kept segments only; the code's ``ratio_threshold``
 micro-batch skipping is not in the engine; whitening once over the step's batch (the code:
 per optimiser micro-batch).
+
+Several processes: the token-probability forwards run in ``lockstep``
+(``creditbench.distributed``), so a process that kept fewer tree segments (or none) still
+makes as many forwards as the others (placeholders, discarded and not charged).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from creditbench.distributed import lockstep
 from creditbench.loss import completion_logprobs
 from creditbench.methods import DEFAULT_METHODS_DIR, load_method
 from creditbench.rollouts import Group, Trajectory
@@ -236,14 +241,26 @@ def _eval_mode(model):
 
 @torch.no_grad()
 def sampled_token_probs(
-    model, trajs: Sequence[Trajectory], pad_id: int, temperature: float, batch_size: int = 16
+    model,
+    trajs: Sequence[Trajectory],
+    pad_id: int,
+    temperature: float,
+    batch_size: int = 16,
+    collective=None,
 ) -> list[np.ndarray]:
-    """``pi(y_t | x0, y_<t)`` of every completion token at ``temperature``, per trajectory."""
+    """``pi(y_t | x0, y_<t)`` of every completion token at ``temperature``, per trajectory.
+
+    ``collective``: every process makes as many forwards as the one with the most
+    batches (``lockstep``; a placeholder of one pad token each way, discarded)."""
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
+    chunks = [trajs[s : s + batch_size] for s in range(0, len(trajs), batch_size)]
     with _eval_mode(model):
-        for s in range(0, len(trajs), batch_size):
-            chunk = trajs[s : s + batch_size]
+        for chunk in lockstep(collective, chunks):
+            if chunk is None:  # another process has more batches: keep in step
+                one = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+                completion_logprobs(model, one, torch.ones_like(one), one, torch.ones_like(one))
+                continue
             p = max(len(t.prompt_ids) for t in chunk)
             c = max(max(len(t.completion_ids) for t in chunk), 1)
             pi = torch.full((len(chunk), p), pad_id, dtype=torch.long)
@@ -282,11 +299,17 @@ class Method:
             ctx.tokenizer.pad_token_id,
             ctx.run.sampling.temperature,
             self.params.prob_batch_size,
+            self._lockstep(),
         )
         ctx.ledger.add_tokens(
             "token_probs", forwarded=sum(len(t.prompt_ids) + len(t.completion_ids) for t in trajs)
         )
         return probs
+
+    def _lockstep(self):
+        """The processes whose forwards must be equal in number (``None``: one process)."""
+        coll = getattr(self.ctx, "collective", None)
+        return coll if coll is not None and coll.world > 1 else None
 
     def collective(self):
         if not self.params.whiten_across_processes:
@@ -471,7 +494,7 @@ class Method:
             for t in g.trajectories:
                 t.meta["spo_kept"] = any(t is k for k in kept)
             kept_all.extend(kept)
-        probs = self.token_probs(kept_all) if kept_all else []
+        probs = self.token_probs(kept_all)  # every process: its forwards are collectives
         for t, pr in zip(kept_all, probs, strict=True):
             t.meta["spo_probs"] = pr.tolist()
         self._counts = {

@@ -521,11 +521,12 @@ class Method:
 
     def _recharge(self, chains: list[Trajectory], src: str, dst: str) -> None:
         """Move chains sampled under ``src`` to ``dst`` in the ledger, as the sampler
-        charged them: generated = sampled tokens, forwarded = context + sampled tokens."""
+        charged them: generated = sampled tokens, forwarded = each chain's charge (its
+        share of a prefill shared with the prompt's other draws, plus its tokens)."""
         if not chains:
             return
         generated = sum(len(t.completion_ids) - t.prefix_len for t in chains)
-        forwarded = sum(len(t.prompt_ids) + len(t.completion_ids) for t in chains)
+        forwarded = sum(t.forwarded for t in chains)
         self.ctx.ledger.transfer(src, dst, generated=generated, forwarded=forwarded)
         for t in chains:
             t.purpose = dst

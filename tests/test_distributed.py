@@ -5,7 +5,11 @@
   unequal micro-batch counts; an extra epoch with old log-probs and a KL reference);
 - ``accelerate launch ... -m creditbench.cli train`` finishes and writes its outputs once;
 - a two-process run interrupted and resumed ends bitwise equal to an uninterrupted one,
-  and its ledger is the sum of both processes' sampled tokens.
+  and its ledger is the sum of both processes' sampled tokens;
+- on shards made uneven on purpose (one process's completions all solved, the other's
+  all failed; probes, segments or rows on one process only), every method's training-time
+  calls of each trained model (forwards counted by a pre-hook, backwards, optimiser
+  steps) are equal on both processes, and the padding leaves the result unchanged.
 
 On a CPU machine ``accelerate launch --cpu`` starts one process (several need mpirun), so
 the launches here use ``--multi_gpu`` with ``ACCELERATE_USE_CPU=1`` (torchrun, gloo).
@@ -90,6 +94,48 @@ def update_result(trainer, trajs) -> dict:
     }
 
 
+# training-time calls on uneven shards: run name -> the run's overrides
+LOCKSTEP = {
+    "oar_p": {"method": "oar", "importance": "perturbation", "perturbation_batch_size": 3},
+    "oar_g": {"method": "oar", "importance": "gradient", "perturbation_batch_size": 3},
+    "spo_tree": {"method": "spo", "variant": "tree", "prob_batch_size": 2},
+    "ppo": {"method": "ppo", "train": {"micro_batch_size": 2, "minibatches": 2}},
+    "ppo_head": {"method": "ppo", "critic": "head", "train": {"micro_batch_size": 2}},
+    # a whole step (collect, credit, update) with every reward forced per process
+    "ibpo": {"method": "ibpo"},
+    "srpo": {"method": "srpo", "reset": "random", "max_attempts": 6},
+    "vineppo": {"method": "vineppo", "mc_rollouts": 2},
+}
+# OAR's groups on process 0 (rewards per group); process 1 has one all-solved group
+OAR_REWARDS = [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]
+
+
+def solution_groups(trainer, rewards: list[list[float]]):
+    """Groups of the reference solution of train problem k, with the given rewards."""
+    from creditbench.rollouts import Group, Trajectory, thought_token_ends
+
+    groups = []
+    for k, group_rewards in enumerate(rewards):
+        problem = trainer.train_problems[k]
+        text = trainer.task.solution(problem)
+        ids = trainer.sampler.encode(text)
+        ends = thought_token_ends(ids, trainer.tokenizer, trainer.task.segment)
+        trajs = [
+            Trajectory(
+                problem=problem,
+                prompt_ids=trainer.sampler.encode_prompt(problem.prompt),
+                completion_ids=list(ids),
+                text=text,
+                reward=r,
+                purpose="rollout",
+                thought_ends=list(ends),
+            )
+            for r in group_rewards
+        ]
+        groups.append(Group(trajs, meta={"step": 0}))
+    return groups
+
+
 # ------------------------------------------------------------------- launches
 def _free_port() -> int:
     with socket.socket() as s:
@@ -150,6 +196,50 @@ def launched(small_experiment, tmp_path_factory):
     (root / "spec.json").write_text(json.dumps(spec))
     launch([str(Path(__file__).resolve()), "worker", str(root / "spec.json")], cwd=root)
     return root
+
+
+@pytest.fixture(scope="module")
+def lockstep_launched(small_experiment, tmp_path_factory):
+    """One two-process launch: every LOCKSTEP case on uneven shards, calls counted."""
+    from conftest import small_config
+
+    root = tmp_path_factory.mktemp("lockstep")
+    cfg = small_config(runs=LOCKSTEP)
+    spec = {
+        "lockstep": {name: cfg.run(name).model_dump(mode="json") for name in LOCKSTEP},
+        "base": str(small_experiment["base"]),
+        "data": str(small_experiment["data"]),
+        "out": str(root),
+    }
+    (root / "spec.json").write_text(json.dumps(spec))
+    launch([str(Path(__file__).resolve()), "lockstep", str(root / "spec.json")], cwd=root)
+    return {r: json.loads((root / f"calls_rank{r}.json").read_text()) for r in (0, 1)}
+
+
+@pytest.mark.parametrize("case", sorted(LOCKSTEP))
+def test_uneven_shards_call_every_trained_model_equally_often(lockstep_launched, case):
+    """Under FSDP / ZeRO-3 each of these calls is a collective: unequal counts deadlock."""
+    a, b = lockstep_launched[0][case], lockstep_launched[1][case]
+    assert a["work"] != b["work"]  # the shards did differ in what they had to compute
+    assert a["calls"] == b["calls"], (a, b)
+    assert a["calls"]["policy_forward"] or a["calls"].get("critic_forward")
+
+
+def test_lockstep_padding_keeps_the_one_process_result(small_experiment, lockstep_launched):
+    """Process 0's OAR-G weights (its probes; process 1 only kept in step) are those of
+    one process on the same groups: the placeholder passes draw no noise, change nothing."""
+    from conftest import small_config
+
+    from creditbench.train import Trainer
+
+    run = small_config(runs=LOCKSTEP).run("oar_g")
+    out = small_experiment["root"] / "lockstep_one"
+    one = Trainer(run, 0, small_experiment["base"], small_experiment["data"], out)
+    trained = one.method.advantages(solution_groups(one, OAR_REWARDS))
+    two = lockstep_launched[0]["oar_g"]["advantages"]
+    assert len(two) == len(trained)
+    for got, t in zip(two, trained, strict=True):
+        assert got == pytest.approx(t.advantages, rel=1e-5, abs=1e-8)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -333,9 +423,93 @@ def worker(spec_path: str) -> None:
     second.train()
 
 
+def lockstep_worker(spec_path: str) -> None:
+    """Every LOCKSTEP case on shards made uneven on purpose; each process writes its call
+    counts (forward pre-hooks on every trained model, backwards, optimiser steps)."""
+    from creditbench.config import RunConfig
+    from creditbench.distributed import shard
+    from creditbench.rollouts import Batch, Group
+    from creditbench.train import Trainer, problems_for_step
+
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(spec["out"])
+    report = {}
+    for name, run_dict in spec["lockstep"].items():
+        t = Trainer(RunConfig.model_validate(run_dict), 0, spec["base"], spec["data"], out / name)
+        rank, method = t.rank, t.method
+        calls: dict[str, int] = {}
+
+        def count(key, fn=None, _calls=calls):
+            _calls.setdefault(key, 0)
+
+            def counted(*a, **kw):
+                _calls[key] += 1
+                return fn(*a, **kw) if fn is not None else None
+
+            return counted
+
+        modules = {"policy": t.model, "reference": t.ref_model}
+        if "critic" in t.ctx.owned:
+            modules["critic"] = t.ctx.owned["critic"].unwrapped
+            opt = t.ctx.owned["critic"].optimizer
+            opt.step = count("critic_step", opt.step)
+        for key, module in modules.items():
+            if module is not None:
+                module.register_forward_pre_hook(count(f"{key}_forward"))
+        t.accelerator.backward = count("backward", t.accelerator.backward)
+        t.optimizer.step = count("policy_step", t.optimizer.step)
+        entry: dict = {}
+        if name.startswith("oar"):  # process 1: one all-solved group, no probe at all
+            groups = solution_groups(t, OAR_REWARDS if rank == 0 else [[1.0] * 4])
+            trained = method.advantages(groups)
+            entry["work"] = sum("oar" in tr.meta for tr in trained)
+            entry["advantages"] = [list(tr.advantages) for tr in trained]
+        elif name == "spo_tree":  # process 1's segments all have advantage 0: none kept
+            (group,) = solution_groups(t, [[1.0] * 5])
+            for tr in group.trajectories:
+                tr.meta["spo_advantage"] = 0.5 if rank == 0 else 0.0
+            method._select_segments([group], 0)
+            entry["work"] = sum(tr.meta["spo_kept"] for tr in group.trajectories)
+        elif name.startswith("ppo"):  # process 0: 3 rows, process 1: 5
+            trajs = fixed_trajectories(t)
+            mine = trajs[:3] if rank == 0 else trajs[3:]
+            method.update(method.advantages([Group(mine)]), 0)
+            entry["work"] = len(mine)
+        else:  # a whole step: process 0's rewards all 1, process 1's all 0
+            t.ctx.score = lambda problem, text, stop, _r=float(rank == 0): _r
+            gen = t.model.generate
+            generated = {"calls": 0}
+
+            def generate(*a, _gen=gen, _n=generated, **kw):
+                _n["calls"] += 1
+                return _gen(*a, **kw)
+
+            t.model.generate = generate
+            run = t.run.train
+            step = problems_for_step(len(t.train_problems), run.prompts_per_step, 0, 0)
+            problems = [t.train_problems[i] for i in shard(step, t.world, rank, "prompts")]
+            with t._generating(), t.sampler.rollouts(0):
+                groups = method.collect(problems, 0)
+            # generation is not kept in step (local with vLLM): only recorded
+            entry["work"] = [generated["calls"], sum(t.ledger.generated.values())]
+            for key in calls:
+                calls[key] = 0
+            trained = method.advantages(groups)
+            buffer = [tr for g in groups for tr in g.trajectories]
+            batch = Batch.from_trajectories(
+                t._batch_rows(trained, buffer), t.tokenizer.pad_token_id
+            )
+            t.update(batch)
+        entry["calls"] = dict(calls)
+        report[name] = entry
+    (out / f"calls_rank{t.rank}.json").write_text(json.dumps(report))
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
         worker(sys.argv[2])
+    elif sys.argv[1:2] == ["lockstep"]:
+        lockstep_worker(sys.argv[2])
 
 
 def test_srpo_step_metrics_pool_every_process_shard(small_experiment, tmp_path):

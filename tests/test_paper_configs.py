@@ -34,6 +34,10 @@ EXTRA = {
         "launch": {"num_processes": 2, "accelerate_config": "no_such_file"},
     },
 }
+# a paper config that evaluates with lm-eval's vLLM model, over two GPUs per evaluation
+SPO = yaml.safe_load((ROOT / "paper_configs" / "spo_r1-distill-qwen-1.5b_math_2k.yaml").read_text())
+EXTRA["spo_vllm_tp2"] = {**SPO, "eval": {**SPO["eval"], "vllm_tensor_parallel_size": 2}}
+MODEL_RULES = ("warmstart", "train", "evaluate", "evaluate_base")
 
 
 @cache
@@ -80,6 +84,13 @@ def plans(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, list
             zip(cases, pool.map(lambda n: dry_run(cases[n], work / n), cases), strict=True)
         )
     return {name: (proc, parse_plan(proc.stdout + proc.stderr)) for name, proc in procs.items()}
+
+
+def placed(job: dict) -> str:
+    """A model job's command under the placement wrapper, which claims its ``gpu``."""
+    prefix = f"creditbench-place --gpus {job['resources']['gpu']} -- "
+    assert job["shell"].startswith(prefix), job
+    return job["shell"][len(prefix) :]
 
 
 def planned(plans, name: str) -> list[dict]:
@@ -167,14 +178,32 @@ def test_training_runs_under_accelerate_launch_exactly_when_it_has_several_proce
     launch = load_experiment(path).launch
     for job in of(planned(plans, path.stem), "train"):
         if launch.num_processes == 1:
-            assert job["shell"].startswith("creditbench --threads ")
+            assert placed(job).startswith("creditbench --threads ")
         else:
             config_file = ACCELERATE / f"{launch.accelerate_config or 'ddp'}.yaml"
-            assert job["shell"].startswith(
+            assert placed(job).startswith(
                 f"accelerate launch --num_processes {launch.num_processes}"
                 f" --config_file {config_file} -m creditbench.cli --threads "
             )
         assert " train -c " in job["shell"]
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_every_model_job_claims_its_gpus_through_the_placement_wrapper(plans, path):
+    jobs = [j for j in planned(plans, path.stem) if j["rule"] in MODEL_RULES]
+    assert {j["rule"] for j in jobs} == set(MODEL_RULES)
+    for job in jobs:
+        assert int(job["resources"]["gpu"]) >= 1
+        assert placed(job).split()[0] in ("creditbench", "accelerate"), job
+        assert job["shell"].endswith(" 2>&1")  # the wrapper's own lines go to the job's log
+
+
+def test_a_vllm_evaluation_over_tensor_parallel_gpus_claims_them_all(plans):
+    jobs = planned(plans, "spo_vllm_tp2")
+    for job in of(jobs, "evaluate") + of(jobs, "evaluate_base"):
+        assert job["resources"]["gpu"] == "2"
+        assert placed(job).startswith("creditbench --threads ")
+    assert {j["resources"]["gpu"] for j in of(jobs, "warmstart")} == {"1"}
 
 
 @pytest.mark.skipif(not SLURM, reason="snakemake-executor-plugin-slurm is not installed")
@@ -192,7 +221,7 @@ def test_a_testbed_run_over_two_processes_uses_accelerate_with_the_ddp_config_an
     jobs = planned(plans, "smoke_two_processes")
     assert len(of(jobs, "train")) == 4 and len(of(jobs, "evaluate")) == 8  # 2 runs x 2 seeds
     for job in of(jobs, "train"):
-        assert job["shell"].startswith(
+        assert placed(job).startswith(
             f"accelerate launch --num_processes 2 --config_file {ACCELERATE / 'ddp.yaml'}"
             " -m creditbench.cli --threads 1 train "
         )

@@ -274,6 +274,28 @@ def test_ledger_counts_generated_and_forwarded_tokens_by_purpose(sampler):
     assert led.seconds["generate"] > 0
 
 
+def test_each_generation_carries_its_share_of_the_charge(model, tok):
+    """``Generation.forwarded``: a repeated context's prefill is charged to its first row
+    (its ``len - 1`` shared tokens and its last), every further row its last context token;
+    the rows of a call sum to the ledger's charge (what SRPO's re-charging moves)."""
+    from creditbench.sampling import prefill_shares
+
+    assert prefill_shares([[1, 2, 3], [4, 5]]) == [3, 2]  # nothing repeats: in full
+    assert prefill_shares([[1, 2, 3], [1, 2, 3], [4, 5], [1, 2, 3]]) == [3, 1, 2, 1]
+    assert prefill_shares([[7], [7]]) == [1, 1]  # single tokens: nothing to share
+    assert prefill_shares([]) == []
+    torch.manual_seed(0)
+    for batch_size in (16, 4):  # one batch; batches of 4 rows: [a a a b], [b b]
+        sampler = make_sampler(model, tok, batch_size=batch_size)
+        a, b = ctxs(sampler)[:2]
+        gens = sampler.generate([a, b], purpose="seed", n=3, temperature=1.0)
+        assert sampler.ledger.forwarded["seed"] == sum(g.forwarded for g in gens)
+        shares = [g.forwarded - len(g.ids) for g in gens]
+        assert shares == (
+            [len(a), 1, 1, len(b), 1, 1] if batch_size == 16 else [len(a), 1, 1, len(b), len(b), 1]
+        )
+
+
 # --------------------------------------------------------------- thought ends
 @pytest.mark.parametrize(
     ("text", "eos", "ends"),

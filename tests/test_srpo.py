@@ -236,7 +236,9 @@ class ScriptedSampler(Sampler):
             else:
                 text = queue.popleft()
             ids = self.encode(text) + [EOS]
-            out.append(Generation(list(c), ids, self.decode(ids), "eos"))
+            out.append(
+                Generation(list(c), ids, self.decode(ids), "eos", forwarded=len(c) + len(ids))
+            )
         self.ledger.add_tokens(
             purpose,
             generated=sum(len(g.ids) for g in out),

@@ -173,9 +173,20 @@ GPUS = {
         if LAUNCH.gpus_per_job is not None
         else (LAUNCH.num_processes if REAL_MODEL else 0)
     ),
-    "evaluate": int(REAL_MODEL),
+    # lm-eval's vLLM engine spans tensor x data parallel GPUs; the HF model takes one
+    "evaluate": (
+        (EXP.eval.vllm_tensor_parallel_size * EXP.eval.vllm_data_parallel_size)
+        if EXP.eval.lm_eval_model == "vllm" and EXP.eval.backend == "lm-eval"
+        else 1
+    )
+    * int(REAL_MODEL),
     "analysis": 0,
 }
+# Each model job runs under `creditbench-place --gpus N --` (creditbench/placement.py):
+# it claims N of the machine's GPUs from a pool shared by concurrent jobs, and a
+# rendezvous port, and runs the command with CUDA_VISIBLE_DEVICES and MASTER_PORT set
+# (accelerate launch: --main_process_port). --resources gpu=K bounds how many GPUs jobs
+# hold at once; the pool assigns which ones. A job that asks for none is kept off them.
 # threads: CPU cores a job uses (torch threads, reward checks); a profile may override
 THREADS = {
     # the warm start runs alone (every other model job needs its output): a real model

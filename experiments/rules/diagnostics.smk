@@ -88,7 +88,8 @@ rule diagnostics_truth:
         opts=DIAG_OPTS["truth"],
         sampling=json.dumps(EXP.sampling, sort_keys=True),
     shell:
-        "python -m analysis.diagnostics truth -c {params.cfg} --base {params.base}"
+        "creditbench-place --gpus {resources.gpu} -- python -m analysis.diagnostics truth"
+        " -c {params.cfg} --base {params.base}"
         " --data {params.data} --out {output.truth} --threads {threads} {params.opts}"
         " > {log} 2>&1"
 
@@ -118,7 +119,8 @@ rule diagnostics_run:
         opts=DIAG_OPTS["run"],
         run=run_params,
     shell:
-        "python -m analysis.diagnostics run -c {params.cfg} --run {wildcards.run}"
+        "creditbench-place --gpus {resources.gpu} -- python -m analysis.diagnostics run"
+        " -c {params.cfg} --run {wildcards.run}"
         " --base {params.base} --data {params.data} --truth {input.truth}"
         " --out {output.result} --threads {threads} {params.opts} > {log} 2>&1"
 
@@ -150,7 +152,8 @@ rule diagnostics_critic:
         opts=DIAG_OPTS["truth"],
         run=run_params,
     shell:
-        "python -m analysis.diagnostics critic -c {params.cfg} --run {wildcards.run}"
+        "creditbench-place --gpus {resources.gpu} -- python -m analysis.diagnostics critic"
+        " -c {params.cfg} --run {wildcards.run}"
         " --run-dir {params.run_dir} --base {params.base} --data {params.data}"
         " --out {output.result} --threads {threads} {params.opts} > {log} 2>&1"
 

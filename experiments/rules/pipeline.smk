@@ -1,7 +1,8 @@
 # data -> warm start -> train (one job per run x seed) -> evaluate (run x seed x suite).
 # Rules are thin: each calls the creditbench command line on the resolved config; what a
 # job asks for (gpu, runtime, mem_mb, threads) and how training starts come from
-# common.smk, derived from the config (model, launch).
+# common.smk, derived from the config (model, launch). Model jobs start under
+# creditbench-place, which claims their GPUs and a port (common.smk, placement.py).
 
 
 rule data:
@@ -60,8 +61,8 @@ rule warmstart:
             )
         ),
     shell:
-        "creditbench --threads {threads} warmstart -c {params.cfg} --data {params.data} --out {params.out}"
-        " > {log} 2>&1"
+        "creditbench-place --gpus {resources.gpu} -- creditbench --threads {threads} warmstart -c {params.cfg}"
+        " --data {params.data} --out {params.out} > {log} 2>&1"
 
 
 rule train:
@@ -92,7 +93,8 @@ rule train:
         out=output_dir_of("ledger"),
         run=run_params,
     shell:
-        "{params.launcher} --threads {params.torch_threads} train -c {params.cfg}"
+        "creditbench-place --gpus {resources.gpu} -- {params.launcher} --threads {params.torch_threads}"
+        " train -c {params.cfg}"
         " --run {wildcards.run} --seed {wildcards.seed} --init {params.init}"
         " --data {params.data} --out {params.out} > {log} 2>&1"
 
@@ -121,7 +123,8 @@ rule evaluate:
         suites=suite_args,
         models=model_args,
     shell:
-        "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
+        "creditbench-place --gpus {resources.gpu} -- creditbench --threads {threads} evaluate"
+        " -c {params.cfg} --data {params.data}"
         " {params.models} {params.suites} > {log} 2>&1"
 
 
@@ -150,5 +153,6 @@ rule evaluate_base:
         suites=suite_args,
         out=output_dir,
     shell:
-        "creditbench --threads {threads} evaluate -c {params.cfg} --data {params.data}"
+        "creditbench-place --gpus {resources.gpu} -- creditbench --threads {threads} evaluate"
+        " -c {params.cfg} --data {params.data}"
         " --model {params.model} {params.suites} --out-dir {params.out} > {log} 2>&1"
