@@ -176,24 +176,10 @@ def architecture(cfg: ExperimentConfig) -> Architecture:
             vocab = len(make_task(cfg.task).alphabet) + 4  # characters and pad/bos/eos/unk
         except Exception:  # noqa: BLE001 - a task without an alphabet: a small vocabulary
             vocab = 64
+        # hidden, layers, heads, kv heads (full multi-head attention), intermediate, vocab
+        shape = (t.hidden_size, t.num_layers, t.num_heads, t.num_heads, t.intermediate_size, vocab)
         return Architecture(
-            t.hidden_size,
-            t.num_layers,
-            t.num_heads,
-            t.num_heads,
-            t.intermediate_size,
-            vocab,
-            count_params(
-                t.hidden_size,
-                t.num_layers,
-                t.num_heads,
-                t.num_heads,
-                t.intermediate_size,
-                vocab,
-                tied=True,
-            ),
-            None,
-            t.max_position_embeddings,
+            *shape, count_params(*shape, tied=True), None, t.max_position_embeddings
         )
     local = Path(path).expanduser()
     if (local / "config.json").is_file():
