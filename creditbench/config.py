@@ -561,11 +561,27 @@ class LaunchConfig(Strict):
     ``accelerate_config`` names a DeepSpeed or FSDP file under ``experiments/accelerate/``).
     ``gpus_per_job``: the ``gpu`` resource a training job asks for (default: one per
     process on a real model, none for the tiny testbed model).
+    ``num_machines`` > 1: one training job spans that many nodes of a SLURM allocation
+    (``num_processes`` counts the processes of all of them, accelerate's convention, so
+    it is a multiple of ``num_machines``): ``scripts/accelerate_multinode.sh`` runs one
+    ``accelerate launch`` per node through ``srun``, the first node the rendezvous host.
     """
 
     num_processes: PositiveInt = 1
     accelerate_config: str | None = None
     gpus_per_job: NonNegInt | None = None
+    num_machines: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _machines_divide_processes(self):
+        if self.num_machines > 1 and (
+            self.num_processes < self.num_machines or self.num_processes % self.num_machines
+        ):
+            raise ValueError(
+                f"launch.num_processes ({self.num_processes}) counts the processes of all "
+                f"launch.num_machines ({self.num_machines}) nodes: give a multiple of it"
+            )
+        return self
 
 
 # ------------------------------------------------------------------ diagnostics

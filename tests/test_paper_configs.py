@@ -37,6 +37,12 @@ EXTRA = {
 # a paper config that evaluates with lm-eval's vLLM model, over two GPUs per evaluation
 SPO = yaml.safe_load((ROOT / "paper_configs" / "spo_r1-distill-qwen-1.5b_math_2k.yaml").read_text())
 EXTRA["spo_vllm_tp2"] = {**SPO, "eval": {**SPO["eval"], "vllm_tensor_parallel_size": 2}}
+# VinePPO's DeepSeekMath-7B setting over two 8-GPU nodes per training job
+VINE = yaml.safe_load((ROOT / "paper_configs" / "vineppo_deepseekmath-7b_math.yaml").read_text())
+EXTRA["vineppo_two_nodes"] = {
+    **VINE,
+    "launch": {**VINE["launch"], "num_processes": 16, "num_machines": 2},
+}
 MODEL_RULES = ("warmstart", "train", "evaluate", "evaluate_base")
 
 
@@ -385,3 +391,37 @@ def test_the_srpo_data_selection_follows_the_srpo_code():
     assert [r["problem"] for r in train] == order[:400]
     assert [r["problem"] for r in test] == order[400:500]
     assert all(r["answer"] == r["problem"][1:] for r in train + test)
+
+
+def test_a_training_job_over_two_nodes_runs_one_accelerate_launch_per_node(plans):
+    """launch.num_machines 2: the job asks for 2 nodes and 16 GPUs, and starts through
+    scripts/accelerate_multinode.sh (srun, one accelerate launch per node) with the
+    processes of both nodes and the run's accelerate config."""
+    jobs = planned(plans, "vineppo_two_nodes")
+    script = ROOT / "scripts" / "accelerate_multinode.sh"
+    for job in of(jobs, "train"):
+        assert job["resources"]["nodes"] == "2" and job["resources"]["gpu"] == "16"
+        assert placed(job).startswith(
+            f"{script} 2 16 {ACCELERATE / 'deepspeed_zero2.yaml'} -- --threads "
+        ), job["shell"]
+    one_node = of(planned(plans, "vineppo_deepseekmath-7b_math"), "train")
+    assert {j["resources"]["nodes"] for j in one_node} == {"1"}
+
+
+def test_the_multinode_launcher_needs_a_slurm_allocation(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "accelerate_multinode.sh"), "2", "16", "x.yaml", "--"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "needs a SLURM allocation" in proc.stderr
+
+
+def test_processes_that_do_not_divide_over_the_nodes_are_rejected_naming_both():
+    from creditbench.config import ConfigError, experiment_from_dict
+
+    with pytest.raises(ConfigError, match="launch.num_processes .3. counts the processes"):
+        experiment_from_dict({"launch": {"num_processes": 3, "num_machines": 2}})

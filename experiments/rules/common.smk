@@ -156,6 +156,9 @@ def train_launcher():
             )
         return "creditbench"
     config_file = accelerate_config_file(LAUNCH.accelerate_config or "ddp")
+    if LAUNCH.num_machines > 1:  # one accelerate launch per node, through srun
+        script = Path(workflow.basedir) / "scripts" / "accelerate_multinode.sh"
+        return f"{script} {LAUNCH.num_machines} {LAUNCH.num_processes} {config_file} --"
     return (
         f"accelerate launch --num_processes {LAUNCH.num_processes}"
         f" --config_file {config_file} -m creditbench.cli"

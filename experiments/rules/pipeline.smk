@@ -82,6 +82,7 @@ rule train:
     threads: THREADS["train"]
     resources:
         gpu=GPUS["train"],
+        nodes=LAUNCH.num_machines,  # SLURM: --nodes (one unless launch.num_machines)
         runtime=RUNTIME["train"],
         mem_mb=MEM_MB["train"],
     params:
