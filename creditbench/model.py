@@ -243,13 +243,38 @@ def enable_gradient_checkpointing(model) -> None:
         base.enable_input_require_grads()
 
 
+def is_lora_layer(module) -> bool:
+    """A peft LoRA layer: a ``base_layer`` wrapped with its adapters."""
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A")
+
+
+def lora_merged_weight(module, device: torch.device | str | None = None) -> torch.Tensor:
+    """A LoRA layer's weight with its active adapters merged, computed out of place.
+
+    ``W + sum_a delta_a``: ``delta_a`` is peft's ``get_delta_weight(a)`` (``B @ A *
+    scaling``, transposed for ``fan_in_fan_out``), added in ``W``'s dtype as peft's
+    ``merge`` does; a layer already merged, or with its adapters disabled, gives ``W``.
+    The result is a new tensor on ``device`` (default: ``W``'s own); the layer's tensors
+    are not written. DoRA layers do not merge by a delta and are refused.
+    """
+    if any(getattr(module, "use_dora", {}).get(a) for a in module.active_adapters):
+        raise NotImplementedError("DoRA layers do not merge by a weight delta")
+    weight = module.base_layer.weight.detach()
+    weight = weight.to(device or weight.device, copy=True)
+    if getattr(module, "merged", False) or getattr(module, "disable_adapters", False):
+        return weight
+    for adapter in module.active_adapters:
+        if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+            weight += module.get_delta_weight(adapter).detach().to(weight.device, weight.dtype)
+    return weight
+
+
 def lora_merged_state_dict(model) -> dict[str, torch.Tensor]:
     """The state dict of the plain model a peft LoRA model merges into, on CPU.
 
-    Module by module: a LoRA layer's weight is ``W.cpu() + delta.cpu()``, ``delta`` being
-    peft's ``get_delta_weight(adapter)`` (``B @ A * scaling``, transposed for
-    ``fan_in_fan_out``) summed over the active adapters, added in ``W``'s dtype as peft's
-    ``merge`` does; one layer's delta at a time lives on the model's device. Every other
+    Module by module: a LoRA layer's weight is ``lora_merged_weight`` on CPU (``W.cpu()``
+    plus the active adapters' deltas); one layer's delta at a time lives on the model's
+    device. Every other
     entry is the base model's own tensor, copied to CPU (tensors shared by several names,
     tied embeddings, stay shared). Nothing of the trainer's model is written: its weights
     stay bitwise as they were, and no second copy of the model is made on its device
@@ -258,9 +283,7 @@ def lora_merged_state_dict(model) -> dict[str, torch.Tensor]:
     base = model.get_base_model()
     lora = {}  # LoRA layer name -> the layer
     for name, module in base.named_modules():
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-            if any(getattr(module, "use_dora", {}).get(a) for a in module.active_adapters):
-                raise NotImplementedError(f"{name}: DoRA layers do not merge by a weight delta")
+        if is_lora_layer(module):
             lora[name] = module
     copies: dict[int, torch.Tensor] = {}  # id of a tensor -> its CPU copy (shared stays shared)
 
@@ -283,11 +306,10 @@ def lora_merged_state_dict(model) -> dict[str, torch.Tensor]:
         if rest != "base_layer.weight" or module.merged or module.disable_adapters:
             out[plain] = cpu(tensor)
             continue
-        weight = tensor.detach().to("cpu", copy=True)
-        for adapter in module.active_adapters:
-            if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
-                weight += module.get_delta_weight(adapter).detach().to("cpu", weight.dtype)
-        out[plain] = weight
+        try:
+            out[plain] = lora_merged_weight(module, "cpu")
+        except NotImplementedError as e:
+            raise NotImplementedError(f"{owner}: {e}") from None
     return out
 
 

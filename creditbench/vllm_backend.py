@@ -69,6 +69,7 @@ import torch
 from creditbench import faults
 from creditbench.config import SamplingConfig
 from creditbench.ledger import Ledger
+from creditbench.model import is_lora_layer, is_peft_model, lora_merged_weight
 from creditbench.sampling import Generation, Sampler, batch_spans, prefill_shares
 from creditbench.thoughts import LENGTH, ThoughtRules, ThoughtTracker
 
@@ -111,17 +112,10 @@ def lora_merged_weights(model) -> list[tuple[str, torch.Tensor]]:
     for mod_name, module in base.named_modules():
         if any(mod_name.startswith(f"{p}.") for p in lora_layers):
             continue  # base_layer, lora_A, lora_B, dropout of a LoRA layer
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+        if is_lora_layer(module):
             lora_layers.append(mod_name)
             layer = module.base_layer
-            weight = layer.weight.detach().clone()
-            if not getattr(module, "merged", False) and not getattr(
-                module, "disable_adapters", False
-            ):
-                for adapter in module.active_adapters:
-                    if adapter in module.lora_A:
-                        weight += module.get_delta_weight(adapter).to(weight.dtype)
-            out.append((f"{mod_name}.weight", weight))
+            out.append((f"{mod_name}.weight", lora_merged_weight(module)))
             if getattr(layer, "bias", None) is not None:
                 out.append((f"{mod_name}.bias", layer.bias.detach()))
             continue
@@ -157,7 +151,7 @@ def full_weights(model):
 
 def policy_weights(model):
     """The weights the engine samples from: LoRA merged, or the full model's."""
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+    if is_peft_model(model):
         return lora_merged_weights(model)
     return list(full_weights(model))
 
