@@ -209,6 +209,14 @@ class MethodContext:
     prepare_owned: object | None = None
     owned: dict[str, OwnedState] = field(default_factory=dict)
 
+    @property
+    def lockstep(self):
+        """The processes a method's calls of a trained or sharded model keep in step with
+        (``creditbench.distributed.lockstep``): ``collective`` when it spans several
+        processes, else None (one process: nothing to pad)."""
+        c = self.collective
+        return c if c is not None and c.world > 1 else None
+
     def own(
         self,
         name: str,

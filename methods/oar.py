@@ -473,7 +473,7 @@ class Method:
         seeds OAR-G's noise."""
         p, model, ledger = self.params, self.ctx.model, self.ctx.ledger
         pad_id = self.ctx.tokenizer.pad_token_id
-        coll = self._lockstep()
+        coll = self.ctx.lockstep
         with ledger.phase(p.importance), _eval_mode(model):
             if p.importance == "perturbation":
                 imp, forwarded = perturbation_importance(
@@ -488,11 +488,6 @@ class Method:
         ledger.add_tokens(p.importance, forwarded=forwarded)
         return imp
 
-    def _lockstep(self):
-        """The processes the importance passes keep in step with (``None``: one process)."""
-        coll = getattr(self.ctx, "collective", None)
-        return coll if coll is not None and coll.world > 1 else None
-
     def advantages(self, groups: list[Group]) -> list[Trajectory]:
         p = self.params
         trained, todo = [], []
@@ -503,7 +498,7 @@ class Method:
                 probe = self.probe(traj) if a != 0 else None  # A = 0 * w: skip the pass
                 if probe is not None:
                     todo.append((traj, float(a), probe))
-        if todo or self._lockstep() is not None:  # several processes: every one passes
+        if todo or self.ctx.lockstep is not None:  # several processes: every one passes
             step = self.step_of(groups) if p.importance == "gradient" else 0
             importances = self.importance([pr for _, _, pr in todo], step)
             for (traj, a, probe), imp in zip(todo, importances, strict=True):

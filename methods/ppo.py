@@ -335,11 +335,6 @@ class Method:
             return self.critic(features=features, tokens=0)
         return self.critic(*rows, tokens=tokens)
 
-    def _lockstep(self):
-        """The processes whose critic calls must be equal in number (``None``: one)."""
-        coll = getattr(self.ctx, "collective", None)
-        return coll if coll is not None and coll.world > 1 else None
-
     def _placeholder_values(self, trunk: bool = True) -> torch.Tensor:
         """The critic on one pad token, not charged: a pass that only keeps the processes
         in step (``lockstep``). ``critic: head``: through the policy's trunk (``trunk``) or
@@ -361,7 +356,7 @@ class Method:
         chunks = [trajs[s : s + size] for s in range(0, len(trajs), size)]
         self.critic.module.eval()
         with torch.no_grad():
-            for part in lockstep(self._lockstep(), chunks):
+            for part in lockstep(self.ctx.lockstep, chunks):
                 if part is None:  # another process has more batches
                     self._placeholder_values()
                     continue
@@ -420,7 +415,7 @@ class Method:
         """Train the critic on the step's trajectories (after the policy's update)."""
         p, t = self.params, self.ctx.run.train
         rows = [tr for tr in trained if "returns" in tr.meta]
-        coll = self._lockstep()  # several processes: every one takes every step
+        coll = self.ctx.lockstep  # several processes: every one takes every step
         if not rows and coll is None:
             return {}
         device = self._device()

@@ -299,17 +299,12 @@ class Method:
             ctx.tokenizer.pad_token_id,
             ctx.run.sampling.temperature,
             self.params.prob_batch_size,
-            self._lockstep(),
+            self.ctx.lockstep,
         )
         ctx.ledger.add_tokens(
             "token_probs", forwarded=sum(len(t.prompt_ids) + len(t.completion_ids) for t in trajs)
         )
         return probs
-
-    def _lockstep(self):
-        """The processes whose forwards must be equal in number (``None``: one process)."""
-        coll = getattr(self.ctx, "collective", None)
-        return coll if coll is not None and coll.world > 1 else None
 
     def collective(self):
         if not self.params.whiten_across_processes:
