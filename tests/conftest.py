@@ -58,6 +58,16 @@ def small_config(**overrides) -> ExperimentConfig:
     return experiment_from_dict(SMALL, overrides=overrides)
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module's tests: tiny models decode token by token, where
+    threads only add overhead (and stall on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def small_experiment(tmp_path_factory) -> dict:
     """``{"cfg", "data", "base", "record"}``: generated data and a warm-started base model."""

@@ -19,13 +19,7 @@ from creditbench.tasks.chains import ChainsTask
 PROMPTS = ["7+5*3-4\n", "1+2\n", "12*3-4+5*6-7\n", "9-8*7\n"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models decode token by token: threads only add overhead (and stall on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 ALPHABET = "0123456789+-*=\nA:?#!"  # fixed, so that the random model's outputs stay put
