@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from transformers import Cache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import Cache
 
 from creditbench import faults
 from creditbench.config import SamplingConfig
+from creditbench.decode import decode as decode_batch
 from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
 from creditbench.tasks import chat_messages
@@ -60,29 +60,6 @@ class Generation:
     # the tokens the ledger charged as forwarded for this row: its share of the batch's
     # prefill (``prefill_shares``) plus ``ids``; a call's rows sum to its charge
     forwarded: int = 0
-
-
-class TrackStops(StoppingCriteria):
-    """Feeds every row's new token to a ``ThoughtTracker`` and stops the rows it ends.
-
-    ``rows[i]`` is the tracker row of batch row i; only tokens after ``width`` (the
-    padded context) are generated, so a pattern that started in the context never
-    matches.
-    """
-
-    def __init__(self, tracker: ThoughtTracker, rows: list[int], width: int):
-        self.tracker, self.rows, self.width = tracker, rows, width
-        self.ids: torch.Tensor | None = None
-
-    def text(self, batch_row: int, start: int, end: int, tokenizer) -> str:
-        ids = self.ids[batch_row, self.width + start : self.width + end]
-        return tokenizer.decode(ids, skip_special_tokens=True)
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        self.ids = input_ids
-        last = input_ids[:, -1].tolist()
-        done = [self.tracker.push(r, last[i]) for i, r in enumerate(self.rows)]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def prefill_shares(contexts: list[list[int]]) -> list[int]:
@@ -230,7 +207,7 @@ class Sampler:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         contexts: list[list[int]],
@@ -380,10 +357,10 @@ class Sampler:
         if rules is not None:
             enc = self.encode(rules.delimiter)
             delimiter_id = enc[0] if len(enc) == 1 else None
-        holder: dict[str, TrackStops] = {}
+        new: torch.Tensor | None = None  # [active rows, budget]: generated ids, filled in place
 
         def decode(row: int, start: int, end: int) -> str:  # row's generated ids [start, end)
-            return holder["crit"].text(active_pos[row], start, end, tok)
+            return tok.decode(new[active_pos[row], start:end], skip_special_tokens=True)
 
         tracker = ThoughtTracker(
             budgets,
@@ -397,7 +374,6 @@ class Sampler:
         )
         active = [r for r in range(len(contexts)) if not tracker.done[r]]
         active_pos = {r: i for i, r in enumerate(active)}
-        new = None
         lp = None
         prefilled = 0
         if active:
@@ -410,44 +386,30 @@ class Sampler:
             for row, ctx in enumerate(ctxs):  # left padding
                 input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
                 attention[row, width - len(ctx) :] = 1
-            greedy = temperature == 0
-            # Every sampling knob is explicit: transformers otherwise fills unset ones from
-            # the model's generation_config.json (a hub model's top_k, say), which would
-            # silently sample from a different distribution than the run's config says.
-            gen_cfg = GenerationConfig(
-                max_new_tokens=max(budgets[r] for r in active),
-                do_sample=not greedy,
-                temperature=None if greedy else temperature,
-                top_p=None if greedy else top_p,
-                top_k=None if greedy else 0,
-                min_p=None,
-                repetition_penalty=1.0,
-                eos_token_id=stop_ids,
-                pad_token_id=pad,
-                suppress_tokens=self._never_sampled() or None,
-                return_dict_in_generate=True,
-                output_logits=want_logprobs,
-            )
-            holder["crit"] = TrackStops(tracker, active, width)
+            budget = max(budgets[r] for r in active)
+            new = torch.full((len(ctxs), budget), pad, dtype=torch.long)
             was_training = model.training
             model.eval()
             input_ids, attention = input_ids.to(device), attention.to(device)
             cache, prefilled = self._shared_prefill(
-                input_ids, attention, ctxs, capacity=width + gen_cfg.max_new_tokens
+                input_ids, attention, ctxs, capacity=width + budget
             )
-            res = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                generation_config=gen_cfg,
-                past_key_values=cache,
-                stopping_criteria=StoppingCriteriaList([holder["crit"]]),
+            # Every sampling knob is explicit (``decode.logits_processors``): no top-k, no
+            # repetition penalty, nothing filled in from a hub model's generation_config.
+            lp = decode_batch(
+                model,
+                input_ids,
+                attention,
+                cache,
+                tracker,
+                active,
+                new,
+                temperature=temperature,
+                top_p=top_p,
+                suppress=self._never_sampled() or None,
+                want_logprobs=want_logprobs,
             )
             model.train(was_training)
-            new = res.sequences[:, width:].cpu()
-            if want_logprobs:
-                logits = torch.stack(res.logits, dim=1).float().cpu()  # [B, T, V], raw
-                lp = F.log_softmax(logits, dim=-1).gather(-1, new[:, : logits.size(1), None])
-                lp = lp[..., 0]
         shares = prefill_shares([contexts[r] for r in active])
         out = []
         for r, ctx in enumerate(contexts):

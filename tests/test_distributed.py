@@ -477,14 +477,14 @@ def lockstep_worker(spec_path: str) -> None:
             entry["work"] = len(mine)
         else:  # a whole step: process 0's rewards all 1, process 1's all 0
             t.ctx.score = lambda problem, text, stop, _r=float(rank == 0): _r
-            gen = t.model.generate
+            gen = t.sampler.generate
             generated = {"calls": 0}
 
             def generate(*a, _gen=gen, _n=generated, **kw):
                 _n["calls"] += 1
                 return _gen(*a, **kw)
 
-            t.model.generate = generate
+            t.sampler.generate = generate
             run = t.run.train
             step = problems_for_step(len(t.train_problems), run.prompts_per_step, 0, 0)
             problems = [t.train_problems[i] for i in shard(step, t.world, rank, "prompts")]
