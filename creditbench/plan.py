@@ -158,6 +158,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "rho-1b": Architecture(2048, 22, 32, 4, 5632, 32000, 1_100_048_384, None, 2048),
     "rho-math-1b": Architecture(2048, 22, 32, 4, 5632, 32000, 1_100_048_384, None, 2048),
     "smollm2-135m": Architecture(576, 30, 9, 3, 1536, 49152, 134_515_008, None, 8192),
+    # OLMo-3-7B (Instruct): transformers' Olmo3Config, documented against the checkpoint
+    # allenai/Olmo-3-7B-Instruct (hidden 4096, 32 layers, 32 heads, multi-head attention,
+    # intermediate 11008); the dolma2 tokenizer's padded vocabulary (100352, as OLMo-2's
+    # configs); a 65536-token window. Three of its four layers attend over a 4096-token
+    # sliding window, which this table does not model: its KV cache estimate is an upper
+    # bound for contexts over 4096 tokens.
+    "olmo-3-7b": Architecture(4096, 32, 32, 32, 11008, 100352, 7_298_355_200, None, 65536),
 }
 
 
