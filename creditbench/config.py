@@ -518,6 +518,9 @@ class EvalConfig(Strict):
     (the default) where suites are long and run in parallel on several GPUs.
     ``group_seeds``: likewise one job per run for all its seeds (each seed's model in
     turn, in one process), started once every seed has trained.
+    ``lm_eval_model``: lm-eval's model: ``hf`` (transformers, as lm-eval ships it),
+    ``creditbench-hf`` (the same with its batches decoded by the engine's loop, finished
+    rows leaving the batch: ``creditbench.lmeval_hf``) or ``vllm``.
     ``batch_size``: lm-eval's, a number or ``auto`` (null: 64 on ``hf``, ``auto`` on
     ``vllm``, where the engine schedules every request at once). ``vllm_*``: lm-eval's
     vLLM model (``lm_eval_model: vllm`` only): the fraction of the GPU's memory the engine
@@ -528,7 +531,7 @@ class EvalConfig(Strict):
 
     suites: list[str] | None = None
     backend: Literal["lm-eval", "creditbench"] = "lm-eval"
-    lm_eval_model: Literal["hf", "vllm"] = "hf"
+    lm_eval_model: Literal["hf", "creditbench-hf", "vllm"] = "hf"
     batch_size: PositiveInt | Literal["auto"] | None = None
     vllm_gpu_memory_utilization: Probability = 0.9
     vllm_max_model_len: PositiveInt | None = None

@@ -96,9 +96,8 @@ def decode(
     rows: list[int],
     out: torch.Tensor,
     *,
-    temperature: float,
-    top_p: float = 1.0,
-    suppress: list[int] | None = None,
+    processors: LogitsProcessorList,
+    greedy: bool,
     want_logprobs: bool = False,
     synced: bool | None = None,
     compact_fraction: float = COMPACT_FRACTION,
@@ -112,12 +111,13 @@ def decode(
     the tracker's ``decode`` callback reads; left as it was after a row's end), whose
     width is the decoding budget. Returns, with ``want_logprobs``, the ``[B,
     max_new_tokens]`` raw log-probabilities of those ids (0 after a row's end).
+    ``processors``: applied to each step's logits before choosing (``logits_processors``,
+    or what ``generate`` builds for a model's generation config); they see no input ids,
+    so only processors that need none belong here. ``greedy``: the argmax, else a draw.
     """
     batch = input_ids.size(0)
     device = input_ids.device
     synced = synced_decoding(model) if synced is None else synced
-    procs = logits_processors(temperature, top_p, suppress)
-    greedy = temperature == 0
     max_new_tokens = out.size(1)
     lps = torch.zeros((batch, max_new_tokens)) if want_logprobs else None
 
@@ -150,7 +150,7 @@ def decode(
             step_pos = step_pos[:, -1:] + 1
             attention = torch.cat([attention, attention.new_ones((attention.size(0), 1))], 1)
             continue
-        scores = procs(None, logits)
+        scores = processors(None, logits)
         if greedy:
             nxt = scores.argmax(dim=-1)
         else:

@@ -262,7 +262,7 @@ def lmeval_model_args(
             args["max_model_len"] = max_model_len
         return args
     args["batch_size"] = 64 if batch_size is None else batch_size
-    if backend == "hf":
+    if backend in ("hf", "creditbench-hf"):
         args["device"] = device
         if max_length is not None:
             args["max_length"] = max_length
@@ -300,6 +300,9 @@ def evaluate_suites(
     engine's settings, keywords of :func:`lmeval_model_args`): see there.
     """
     from lm_eval import simple_evaluate
+
+    if backend == "creditbench-hf":
+        import creditbench.lmeval_hf  # noqa: F401 - registers the model with lm-eval
 
     task_manager = suite_task_manager(list(suites), tasks_dir)
     model_args = lmeval_model_args(

@@ -43,6 +43,7 @@ from transformers import Cache
 from creditbench import faults
 from creditbench.config import SamplingConfig
 from creditbench.decode import decode as decode_batch
+from creditbench.decode import logits_processors
 from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
 from creditbench.tasks import chat_messages
@@ -404,9 +405,8 @@ class Sampler:
                 tracker,
                 active,
                 new,
-                temperature=temperature,
-                top_p=top_p,
-                suppress=self._never_sampled() or None,
+                processors=logits_processors(temperature, top_p, self._never_sampled()),
+                greedy=temperature == 0,
                 want_logprobs=want_logprobs,
             )
             model.train(was_training)

@@ -156,7 +156,8 @@ def test_finished_rows_leave_the_batch_and_change_nothing(model, tok, fraction):
                 tracker,
                 [0, 1, 2, 3],
                 out,
-                temperature=0,
+                processors=logits_processors(0, 1.0, None),
+                greedy=True,
                 want_logprobs=True,
                 compact_fraction=compact,
             )
@@ -202,7 +203,8 @@ def _synced_worker(rank: int, port: int, budgets: list[list[int]], out_file: str
         tracker,
         list(range(len(contexts))),
         out,
-        temperature=0,
+        processors=logits_processors(0, 1.0, None),
+        greedy=True,
         synced=True,
     )
     handle.remove()
