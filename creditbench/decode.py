@@ -100,7 +100,7 @@ def decode(
     greedy: bool,
     want_logprobs: bool = False,
     synced: bool | None = None,
-    compact_fraction: float = COMPACT_FRACTION,
+    compact_fraction: float | None = None,
 ) -> torch.Tensor | None:
     """Decode a left-padded batch until the tracker has ended every row.
 
@@ -119,6 +119,8 @@ def decode(
     device = input_ids.device
     synced = synced_decoding(model) if synced is None else synced
     max_new_tokens = out.size(1)
+    if compact_fraction is None:
+        compact_fraction = COMPACT_FRACTION
     lps = torch.zeros((batch, max_new_tokens)) if want_logprobs else None
 
     start = cache.get_seq_length()
