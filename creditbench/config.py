@@ -414,10 +414,10 @@ class VLLMConfig(Strict):
 
 
 class SamplingConfig(Strict):
-    """``backend``: what samples the training rollouts: ``hf`` (transformers' ``generate``
-    on the trainer's own model) or ``vllm`` (a colocated vLLM engine, ``vllm``'s settings;
-    install it with ``scripts/vllm_cpu_env.sh`` on CPU). Evaluation and diagnostics always
-    use ``hf``."""
+    """``backend``: what samples the training rollouts: ``hf`` (the engine's decoding loop,
+    ``creditbench.decode``, on the trainer's own model) or ``vllm`` (a colocated vLLM
+    engine, ``vllm``'s settings; install it with ``scripts/vllm_cpu_env.sh`` on CPU).
+    Evaluation and diagnostics always use ``hf``."""
 
     temperature: PositiveFloat = 1.0
     top_p: Probability = 1.0
@@ -429,6 +429,11 @@ class SamplingConfig(Strict):
     # row at least per batch, ``batch_size`` still capping the rows (null: rows only). The
     # vllm backend schedules its own batches (``sampling.vllm.gpu_memory_utilization``)
     max_batch_tokens: PositiveInt | None = None
+    # hf backend, several processes: keep every process's generation in step, each
+    # sampler call and each decoding step of it a collective (``creditbench.decode``), as
+    # the forwards of a sharded model need. null: exactly when the model is sharded (FSDP,
+    # ZeRO-3); true forces it (tests), false never (unsafe under sharding)
+    synced: bool | None = None
     backend: Literal["hf", "vllm"] = "hf"
     vllm: VLLMConfig = VLLMConfig()
 

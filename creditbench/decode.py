@@ -80,10 +80,13 @@ def synced_decoding(model) -> bool:
     return bool(is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
 
 
-def _others_running(still_running: bool, device) -> bool:
-    flag = torch.tensor(1.0 if still_running else 0.0, device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.SUM)
-    return flag.item() > 0
+def agree_max(value: int, device) -> int:
+    """The largest ``value`` over processes (one ``all_reduce``): what a synced sampler's
+    processes agree on before a collective step (batches in a call, whether any process
+    runs a shared prefill, whether any is still decoding)."""
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
 
 
 @torch.inference_mode()
@@ -129,11 +132,10 @@ def decode(
     step_pos = positions[:, start:]
     alive = torch.arange(batch)  # batch row of each row still in the forward batch
     running = [not tracker.done[r] for r in rows]  # per row still in the batch
-    for t in range(max_new_tokens):
-        local = any(running)
-        if synced and not _others_running(local, device):
-            break
-        if not synced and not local:
+    t = 0  # the next generated position; a synced process may forward past its budget
+    while True:
+        local = any(running) and t < max_new_tokens
+        if not (agree_max(local, device) if synced else local):
             break
         logits = (
             model(
@@ -147,10 +149,11 @@ def decode(
             .logits[:, -1, :]
             .float()
         )
-        if not local:  # a placeholder forward: every other process is still decoding
+        if not local:  # a placeholder forward: another process is still decoding
             step_ids = step_ids[:, -1:]
             step_pos = step_pos[:, -1:] + 1
             attention = torch.cat([attention, attention.new_ones((attention.size(0), 1))], 1)
+            t += 1
             continue
         scores = processors(None, logits)
         if greedy:
@@ -184,4 +187,5 @@ def decode(
             cache.batch_select_indices(keep_t)
             attention, step_ids, step_pos = attention[keep_t], step_ids[keep_t], step_pos[keep_t]
             alive, running = alive[:1], [False]
+        t += 1
     return lps

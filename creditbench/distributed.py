@@ -31,15 +31,19 @@ minibatches and micro-batches so; so do OAR's importance passes, SPO's token
 probabilities and PPO's critic forwards and updates. The padding is not charged to the
 ledger and changes no result (a one-process run pads nothing).
 
-Generation is the exception that this does not cover. With ``sampling.backend: vllm``
-it is local: the engine samples from its own copy of the weights, which it takes once
-per step on entering ``Sampler.rollouts`` (equal on every process), so the number of
-generate calls may differ (IBPO's revisions of failed completions only, SRPO's search
-rounds, VinePPO's and SPO's Monte Carlo states). With ``hf`` under FSDP or ZeRO-3 the
-bare model's forwards are the sharded ones (``generation_context`` gathers only the FSDP
-root's own parameters, nothing under ZeRO-3) and transformers turns on ``synced_gpus``,
-which keeps the decoding steps of one ``generate`` call in step but not the number of
-calls: methods whose sampler calls depend on the data need ``vllm`` there.
+Generation follows the same rule. With ``sampling.backend: vllm`` it is local: the
+engine samples from its own copy of the weights, which it takes once per step on
+entering ``Sampler.rollouts`` (equal on every process), so the number of generate calls
+may differ. With ``hf`` under FSDP or ZeRO-3 the bare model's forwards are the sharded
+ones (``generation_context`` gathers only the FSDP root's own parameters, nothing under
+ZeRO-3), so the sampler keeps generation in step (``Sampler.is_synced``,
+``sampling.synced``): every ``generate`` call runs as many batches on every process, each
+batch's shared prefill and decoding steps are collectives (``creditbench.decode``), a
+process with no rows takes part with a placeholder row, and methods whose sampler calls
+depend on their data (IBPO's revisions, SRPO's search rounds, top-ups, localisation and
+suffixes, VinePPO's Monte Carlo states, SPO-tree's expansions) ask
+``MethodContext.any_process`` before each such call, so every process calls the sampler
+equally often.
 
 Launch (GPUs): ``accelerate launch --num_processes N [--config_file F] -m creditbench.cli
 train ...``. On CPUs (tests), ``accelerate launch --cpu`` starts one process unless MPI is
@@ -202,12 +206,10 @@ def generation_context(accelerator, wrapped_model):
     DDP, DeepSpeed ZeRO-1/2 and one process: nothing to do (every process holds the full
     weights). FSDP (v1): the root's own parameters are summoned; the inner units gather
     theirs in their forwards (as TRL does). FSDP and ZeRO-3 forwards are collectives:
-    ``transformers`` synchronises ``generate``'s steps across processes (``synced_gpus``),
-    but every process must still make the same number of sampler calls in a step, which
-    holds for methods with a fixed number of samples per prompt (GRPO) and not in general
-    (IBPO, SRPO, VinePPO, SPO: use ``sampling.backend: vllm``, whose generation is local;
-    see the module docstring). A method's scoring forwards of the bare model (OAR, SPO)
-    run inside it too. Untested (no GPUs here).
+    the sampler keeps its calls and decoding steps in step across processes (the module
+    docstring). A method's scoring forwards of the bare model (OAR, SPO) run inside it
+    too. The gathering itself is untested (no GPUs here); the keeping in step is tested on
+    two CPU processes with ``sampling.synced: true``.
     """
     from accelerate.utils import DistributedType
 

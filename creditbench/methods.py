@@ -217,6 +217,20 @@ class MethodContext:
         c = self.collective
         return c if c is not None and c.world > 1 else None
 
+    def any_process(self, flag: bool) -> bool:
+        """``flag`` on any process (one collective where generation is kept in step,
+        ``Sampler.is_synced``; ``flag`` itself otherwise). A method whose sampler call
+        depends on its data (a revision only when some completion failed, another search
+        round only while a prompt lacks a seed) makes the call when this is true, with its
+        own rows, however few (none: the sampler takes part with a placeholder), so every
+        process calls the sampler equally often."""
+        sampler = self.sampler
+        if not (hasattr(sampler, "is_synced") and sampler.is_synced()):
+            return bool(flag)
+        from creditbench.decode import agree_max
+
+        return bool(agree_max(bool(flag), sampler._device()))
+
     def own(
         self,
         name: str,

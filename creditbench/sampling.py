@@ -42,8 +42,8 @@ from transformers import Cache
 
 from creditbench import faults
 from creditbench.config import SamplingConfig
+from creditbench.decode import agree_max, logits_processors, synced_decoding
 from creditbench.decode import decode as decode_batch
-from creditbench.decode import logits_processors
 from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
 from creditbench.tasks import chat_messages
@@ -260,8 +260,15 @@ class Sampler:
             self.cfg.batch_size,
             self.cfg.max_batch_tokens,
         )
+        synced = self.is_synced()
+        if synced:  # every process runs as many batches: placeholders on the short ones
+            spans = spans + [None] * (agree_max(len(spans), self._device()) - len(spans))
         with self.ledger.phase("generate"):
-            for i, j in spans:
+            for span in spans:
+                if span is None:
+                    self._placeholder_batch()
+                    continue
+                i, j = span
                 chunk = rows[i:j]
                 gens, prefill = self._generate_batch(
                     [c for c, _, _ in chunk],
@@ -272,12 +279,57 @@ class Sampler:
                     logprobs,
                     rules=rules,
                     thoughts_done=[d for _, _, d in chunk],
+                    synced=synced,
                 )
                 out.extend(gens)
                 forwarded += prefill + sum(len(g.ids) for g in gens)
                 faults.point("generate")
         self.ledger.add_tokens(purpose, generated=sum(len(g.ids) for g in out), forwarded=forwarded)
         return out
+
+    def is_synced(self) -> bool:
+        """Whether this sampler's generation is kept in step with the other processes'
+        (``sampling.synced``; null: when the model is sharded, ``decode.synced_decoding``).
+        In step, every ``generate`` call runs as many batches on every process, each
+        batch's shared prefill and decoding steps are collectives, and a call with no rows
+        on this process still takes part; methods call ``generate`` equally often on every
+        process (``MethodContext.any_process`` where a call depends on the data)."""
+        if self.cfg.synced is None:
+            return synced_decoding(self.model)
+        dist = torch.distributed
+        return bool(
+            self.cfg.synced
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        )
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def _placeholder_batch(self) -> None:
+        """This process's part in a batch that only other processes have rows for: one
+        placeholder row (a pad token, no budget) takes part in their shared prefill and
+        decoding steps; its outputs are discarded and nothing is charged."""
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((1, 1), pad, dtype=torch.long, device=self._device())
+        attention = torch.ones_like(ids)
+        was_training = self.model.training
+        self.model.eval()
+        cache, _ = self._shared_prefill(ids, attention, [[pad]], capacity=2, synced=True)
+        decode_batch(
+            self.model,
+            ids,
+            attention,
+            cache,
+            ThoughtTracker([0], lambda row, start, end: ""),
+            [0],
+            torch.empty((1, 0), dtype=torch.long),
+            processors=logits_processors(0, 1.0, None),
+            greedy=True,
+            synced=True,
+        )
+        self.model.train(was_training)
 
     def _never_sampled(self) -> list[int]:
         """Pad, BOS and UNK never belong inside a completion (unless one doubles as EOS)."""
@@ -302,7 +354,9 @@ class Sampler:
         slower: ``benchmarks/kv_cache.py``)."""
         return PreallocatedCache(self.model.config, capacity)
 
-    def _shared_prefill(self, input_ids, attention, contexts, capacity: int) -> tuple[Cache, int]:
+    def _shared_prefill(
+        self, input_ids, attention, contexts, capacity: int, synced: bool = False
+    ) -> tuple[Cache, int]:
         """The KV cache of each row's context but its last token, once per distinct context.
 
         Returns the cache expanded to all rows (empty when no context repeats in the
@@ -319,7 +373,10 @@ class Sampler:
                 rep.append(row)
             owner.append(first[tuple(c)])
         cache = self.new_cache(capacity)
-        if len(rep) == len(contexts) or input_ids.size(1) < 2:
+        shared = not (len(rep) == len(contexts) or input_ids.size(1) < 2)
+        if synced and agree_max(shared, input_ids.device) and not shared:
+            self.model(input_ids=input_ids[:1, :1], use_cache=False, logits_to_keep=1)  # in step
+        if not shared:
             return cache, sum(len(c) for c in contexts)
         device = input_ids.device
         rep = torch.tensor(rep, device=device)
@@ -345,6 +402,7 @@ class Sampler:
         want_logprobs,
         rules: ThoughtRules | None = None,
         thoughts_done: list[int] | None = None,
+        synced: bool = False,
     ) -> tuple[list[Generation], int]:
         """One padded batch; returns its generations and the context tokens it forwarded.
 
@@ -393,7 +451,7 @@ class Sampler:
             model.eval()
             input_ids, attention = input_ids.to(device), attention.to(device)
             cache, prefilled = self._shared_prefill(
-                input_ids, attention, ctxs, capacity=width + budget
+                input_ids, attention, ctxs, capacity=width + budget, synced=synced
             )
             # Every sampling knob is explicit (``decode.logits_processors``): no top-k, no
             # repetition penalty, nothing filled in from a hub model's generation_config.
@@ -408,8 +466,11 @@ class Sampler:
                 processors=logits_processors(temperature, top_p, self._never_sampled()),
                 greedy=temperature == 0,
                 want_logprobs=want_logprobs,
+                synced=synced,
             )
             model.train(was_training)
+        elif synced:  # no row of this batch may start here: the others still decode
+            self._placeholder_batch()
         shares = prefill_shares([contexts[r] for r in active])
         out = []
         for r, ctx in enumerate(contexts):

@@ -222,7 +222,7 @@ class Method:
                 )
                 if ref is not None:
                     jobs.append((traj, ref, group.trajectories[ref]))
-        if not jobs:
+        if not self.ctx.any_process(bool(jobs)):  # (in step: revise where any process does)
             return groups
         # ... and the policy's revision given (x0, y_i, y_ref), one batched call
         contexts = [

@@ -403,7 +403,7 @@ class Method:
         frontier = [(problem, root) for problem, root in zip(problems, roots, strict=True)]
         delimiter = self._rules_delimiter()
         for d, b in enumerate(p.branch_factors):
-            if not frontier:
+            if not ctx.any_process(bool(frontier)):  # in step: while any process expands
                 break
             last = d == depth_count - 1
             # one rollout call per distinct length limit (prefixes of one depth share theirs)
@@ -413,7 +413,9 @@ class Method:
                 limit = L if last else min(n + p.segment_tokens, L)
                 by_limit.setdefault(limit, []).append((problem, node))
             new_frontier = []
-            for limit, items in by_limit.items():
+            # in step, as many calls as the process with the most limits (none: no rows)
+            for call in lockstep(ctx.lockstep, list(by_limit.items())):
+                limit, items = call if call is not None else (L, [])
                 prefixes = [
                     [] if nd.traj is None else list(nd.traj.completion_ids) for _, nd in items
                 ]

@@ -160,11 +160,15 @@ def seed_search(
     n_seeds: int,
     max_attempts: int,
     is_seed: Callable[[Trajectory], bool] = is_seed_candidate,
+    any_process: Callable[[bool], bool] = bool,
 ) -> list[SeedSearch]:
     """Draw until each prompt has ``n_base`` base chains and ``n_seeds`` seeds.
 
     ``draw(requests)`` returns ``requests[k]`` fresh chains for prompt k (one batched call
     per round). A prompt is found when it has all its seeds; the base group is then full.
+    ``any_process``: whether a round is drawn is asked of every process
+    (``MethodContext.any_process``), so processes in step draw equally many rounds (a
+    process whose prompts are all done draws none of its own in the others' rounds).
     """
     searches = [SeedSearch() for _ in range(n_prompts)]
     while True:
@@ -175,7 +179,7 @@ def seed_search(
             )
             for s in searches
         ]
-        if not any(requests):
+        if not any_process(any(requests)):
             return searches
         drawn = draw(requests)
         for s, want, chains in zip(searches, requests, drawn, strict=True):
@@ -374,7 +378,12 @@ class Method:
         p, ctx = self.params, self.ctx
         # 1. seed search, all prompts in rounds, drawn as "seed"
         searches = seed_search(
-            self._draw(problems, "seed"), len(problems), self.B, self.S, p.max_attempts
+            self._draw(problems, "seed"),
+            len(problems),
+            self.B,
+            self.S,
+            p.max_attempts,
+            any_process=ctx.any_process,
         )
         found = [len(s.seeds) == self.S for s in searches]
 
@@ -387,7 +396,7 @@ class Method:
             else:
                 fallback[k], _, top_up[k] = fallback_chains(s, self.N, self.B, self.S, p.fallback)
                 self._recharge(fallback[k], "seed", "rollout")
-        if any(top_up):
+        if ctx.any_process(any(top_up)):
             for k, extra in enumerate(self._draw(problems, "rollout")(top_up)):
                 fallback.get(k, []).extend(extra)
 
@@ -421,7 +430,7 @@ class Method:
 
         # 3. C suffixes from every reset state, in one batched call
         suffixes = []
-        if resets:
+        if ctx.any_process(bool(resets)):
             suffixes = ctx.rollout(
                 [problems[k] for k, _, _, _ in resets],
                 self.C,
@@ -461,7 +470,7 @@ class Method:
 
         def draw(requests: list[int]) -> list[list[Trajectory]]:
             flat = [pr for pr, r in zip(problems, requests, strict=True) for _ in range(r)]
-            chains = [g[0] for g in self.ctx.rollout(flat, 1, purpose=purpose)] if flat else []
+            chains = [g[0] for g in self.ctx.rollout(flat, 1, purpose=purpose)]  # [] takes part
             out, i = [], 0
             for r in requests:
                 out.append(chains[i : i + r])
@@ -472,7 +481,7 @@ class Method:
 
     def _localise(self, items):
         """SRPO's self-localisation of every seed in one call (None where not asked)."""
-        if self.params.reset != "self" or not items:
+        if self.params.reset != "self" or not self.ctx.any_process(bool(items)):
             return [None] * len(items)
         ctx = self.ctx
         contexts = [

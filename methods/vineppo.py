@@ -302,7 +302,7 @@ def mc_state_values(
     ]
     sampled = [i for i, b in enumerate(budgets) if b > 0]
     gens = []
-    if sampled:
+    if ctx.any_process(bool(sampled)):  # in step: sample where any process has states
         gens = ctx.sampler.generate(  # each state its own budget; its steps count
             [
                 states[i][0].prompt_ids + states[i][0].completion_ids[: states[i][1]]

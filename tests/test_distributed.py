@@ -105,6 +105,17 @@ LOCKSTEP = {
     "ibpo": {"method": "ibpo"},
     "srpo": {"method": "srpo", "reset": "random", "max_attempts": 6},
     "vineppo": {"method": "vineppo", "mc_rollouts": 2},
+    # the same steps with generation kept in step (as under FSDP / ZeRO-3): every sampler
+    # call and every decoding forward is then a collective too
+    "ibpo_synced": {"method": "ibpo", "sampling": {"synced": True}},
+    "srpo_synced": {"method": "srpo", "max_attempts": 6, "sampling": {"synced": True}},
+    "vineppo_synced": {"method": "vineppo", "mc_rollouts": 2, "sampling": {"synced": True}},
+    "spo_tree_synced": {
+        "method": "spo",
+        "variant": "tree",
+        "prob_batch_size": 2,
+        "sampling": {"synced": True},
+    },
 }
 # OAR's groups on process 0 (rewards per group); process 1 has one all-solved group
 OAR_REWARDS = [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]
@@ -222,7 +233,15 @@ def test_uneven_shards_call_every_trained_model_equally_often(lockstep_launched,
     a, b = lockstep_launched[0][case], lockstep_launched[1][case]
     assert a["work"] != b["work"]  # the shards did differ in what they had to compute
     assert a["calls"] == b["calls"], (a, b)
-    assert a["calls"]["policy_forward"] or a["calls"].get("critic_forward")
+    # (a synced SPO-tree step whose rewards are all equal per process trains nothing)
+    assert (
+        a["calls"]["policy_forward"]
+        or a["calls"].get("critic_forward")
+        or case == "spo_tree_synced"
+    )
+    if case.endswith("_synced"):  # the sampler calls and every decoding forward in step
+        assert a["sampling"] == b["sampling"], (a["sampling"], b["sampling"])
+        assert a["sampling"]["generate"] >= 1 and a["sampling"]["policy_forward"] > 0
 
 
 def test_lockstep_padding_keeps_the_one_process_result(small_experiment, lockstep_launched):
@@ -490,16 +509,17 @@ def lockstep_worker(spec_path: str) -> None:
             problems = [t.train_problems[i] for i in shard(step, t.world, rank, "prompts")]
             with t._generating(), t.sampler.rollouts(0):
                 groups = method.collect(problems, 0)
-            # generation is not kept in step (local with vLLM): only recorded
+            # unsynced generation is local (vLLM, DDP): only recorded; synced, its sampler
+            # calls and forwards are kept in step
             entry["work"] = [generated["calls"], sum(t.ledger.generated.values())]
+            entry["sampling"] = {"generate": generated["calls"], **calls}
             for key in calls:
                 calls[key] = 0
             trained = method.advantages(groups)
             buffer = [tr for g in groups for tr in g.trajectories]
-            batch = Batch.from_trajectories(
-                t._batch_rows(trained, buffer), t.tokenizer.pad_token_id
-            )
-            t.update(batch)
+            rows = t._batch_rows(trained, buffer)
+            if rows:  # (SPO-tree keeps no segment of a group whose rewards are all equal)
+                t.update(Batch.from_trajectories(rows, t.tokenizer.pad_token_id))
         entry["calls"] = dict(calls)
         report[name] = entry
     (out / f"calls_rank{t.rank}.json").write_text(json.dumps(report))
