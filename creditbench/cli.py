@@ -1,4 +1,4 @@
-"""Command line: ``creditbench {data,warmstart,train,evaluate,run,methods,plan}``.
+"""Command line: ``creditbench {data,fetch,warmstart,train,evaluate,run,methods,plan}``.
 
 Every subcommand validates the whole experiment config before doing any work.
 Default paths follow the output contract ``results/<experiment>/...``; the
@@ -293,6 +293,16 @@ def cmd_plan(cfg, args):
     return 3 if problems else 0
 
 
+def cmd_fetch(cfg, args):
+    """Fetch every model, dataset and suite data the experiment reads from the hub into the
+    Hugging Face caches, or (``--offline``) check that they are there; write the manifest.
+    Exit status 2, naming each item, when any is missing (``creditbench/fetch.py``)."""
+    from creditbench.fetch import fetch
+
+    out = args.out or _paths(cfg, args.results)["root"] / "fetched.json"
+    return fetch(cfg, out, offline=True if args.offline else None, config_path=args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creditbench", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -347,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("run", cmd_run, "the whole experiment in one process")
     sp.add_argument("--runs", help="comma-separated subset of the config's runs")
     add("methods", cmd_methods, "list the available methods")
+    sp = add("fetch", cmd_fetch, "fetch the experiment's hub models and datasets into the caches")
+    sp.add_argument("--out", help="the manifest (default: results/<experiment>/fetched.json)")
+    sp.add_argument(
+        "--offline",
+        action="store_true",
+        help="download nothing, check that every item is cached (also with HF_HUB_OFFLINE=1)",
+    )
     sp = add("plan", cmd_plan, "estimated GPU memory and GPU-hours of every job")
     sp.add_argument("--configfile", dest="config", help="experiment YAML (= --config)")
     sp.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of one GPU")

@@ -188,6 +188,7 @@ def _method(policy: FakePolicy, **params):
         score=lambda problem, text, stop: MethodContext.score(
             SimpleNamespace(task=TASK), problem, text, stop
         ),
+        any_process=bool,  # one process (MethodContext.any_process)
     )
     return ibpo.Method(ibpo.Params(**params), ctx)
 

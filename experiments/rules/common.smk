@@ -1,4 +1,5 @@
 # Config validation (JSON schema, then the engine's typed config) and path helpers.
+import dataclasses
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 
 from creditbench.cli import suites_of
 from creditbench.config import ConfigError, experiment_from_dict
+from creditbench.fetch import hub_items
 from creditbench.tasks import make_task
 from creditbench.utils import atomic_write_text
 
@@ -41,6 +43,18 @@ SPLITS = list(dict.fromkeys(["train", "test", *make_task(EXP.task).suites.values
 _resolved = json.dumps(EXP.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 if not Path(CONFIG).is_file() or Path(CONFIG).read_text() != _resolved:
     atomic_write_text(CONFIG, _resolved)
+
+
+# What the experiment reads from the Hugging Face Hub (creditbench/fetch.py: a hub model,
+# the task's hub datasets, hub-backed evaluation suites), listed without network. When
+# there is any, the fetch job (pipeline.smk) downloads it once into the caches and writes
+# its manifest, results/<experiment>/fetched.json; the jobs that read from the hub (data,
+# the model jobs) start after it with the hub offline. FETCHED is their extra input
+# (ancient: a manifest written again reruns nothing), HUB_OFFLINE the start of their
+# command. With nothing on the hub (the testbed) both are empty and the DAG is unchanged.
+HUB_ITEMS = hub_items(EXP)
+FETCHED = {"fetched": ancient(f"{R}/fetched.json")} if HUB_ITEMS else {}
+HUB_OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 " if HUB_ITEMS else ""
 
 
 def fixed(value):

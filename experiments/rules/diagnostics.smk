@@ -66,6 +66,7 @@ DIAG_MEM_MB = MEM_MB["evaluate"]
 
 rule diagnostics_truth:
     input:
+        **FETCHED,
         base=rules.warmstart.output.model,
         test=rules.data.output.test,
     output:
@@ -88,6 +89,7 @@ rule diagnostics_truth:
         opts=DIAG_OPTS["truth"],
         sampling=json.dumps(EXP.sampling, sort_keys=True),
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- python -m analysis.diagnostics truth"
         " -c {params.cfg} --base {params.base}"
         " --data {params.data} --out {output.truth} --threads {threads} {params.opts}"
@@ -96,6 +98,7 @@ rule diagnostics_truth:
 
 rule diagnostics_run:
     input:
+        **FETCHED,
         truth=rules.diagnostics_truth.output.truth,
         base=rules.warmstart.output.model,
         train=rules.data.output.train,
@@ -119,6 +122,7 @@ rule diagnostics_run:
         opts=DIAG_OPTS["run"],
         run=run_params,
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- python -m analysis.diagnostics run"
         " -c {params.cfg} --run {wildcards.run}"
         " --base {params.base} --data {params.data} --truth {input.truth}"
@@ -127,6 +131,7 @@ rule diagnostics_run:
 
 rule diagnostics_critic:
     input:
+        **FETCHED,
         base=rules.warmstart.output.model,
         test=rules.data.output.test,
         ledger=f"{R}/runs/{{run}}/seed{SEEDS[0]}/ledger.json",
@@ -152,6 +157,7 @@ rule diagnostics_critic:
         opts=DIAG_OPTS["truth"],
         run=run_params,
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- python -m analysis.diagnostics critic"
         " -c {params.cfg} --run {wildcards.run}"
         " --run-dir {params.run_dir} --base {params.base} --data {params.data}"

@@ -3,9 +3,33 @@
 # job asks for (gpu, runtime, mem_mb, threads) and how training starts come from
 # common.smk, derived from the config (model, launch). Model jobs start under
 # creditbench-place, which claims their GPUs and a port (common.smk, placement.py).
+# An experiment that reads from the hub fetches it first (rule fetch, on the machine
+# Snakemake runs on); the jobs after it take its manifest and run with the hub offline.
+
+
+rule fetch:
+    output:
+        manifest=f"{R}/fetched.json",
+    log:
+        f"{R}/logs/fetch.log",
+    benchmark:
+        f"{R}/benchmarks/fetch.tsv"
+    localrule: True  # SLURM: on the login node, which reaches the hub
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=0,
+    params:
+        cfg=CONFIG,
+        hub=fixed(json.dumps([dataclasses.asdict(item) for item in HUB_ITEMS])),
+    shell:
+        "creditbench fetch -c {params.cfg} --out {output.manifest} > {log} 2>&1"
 
 
 rule data:
+    input:
+        **FETCHED,
     output:
         train=f"{R}/data/train.jsonl",
         test=f"{R}/data/test.jsonl",
@@ -26,11 +50,13 @@ rule data:
         out=output_dir_of("train"),
         task=fixed(EXP.task.model_dump_json()),
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench data -c {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule warmstart:
     input:
+        **FETCHED,
         train=rules.data.output.train,
         test=rules.data.output.test,
     output:
@@ -61,12 +87,14 @@ rule warmstart:
             )
         ),
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- creditbench --threads {threads} warmstart -c {params.cfg}"
         " --data {params.data} --out {params.out} > {log} 2>&1"
 
 
 rule train:
     input:
+        **FETCHED,
         base=rules.warmstart.output.model,
         train=rules.data.output.train,
     output:
@@ -94,6 +122,7 @@ rule train:
         out=output_dir_of("ledger"),
         run=run_params,
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- {params.launcher} --threads {params.torch_threads}"
         " train -c {params.cfg}"
         " --run {wildcards.run} --seed {wildcards.seed} --init {params.init}"
@@ -102,6 +131,7 @@ rule train:
 
 rule evaluate:
     input:
+        **FETCHED,
         model=run_eval_models(),
         test=rules.data.output.test,
     output:
@@ -124,6 +154,7 @@ rule evaluate:
         suites=suite_args,
         models=model_args,
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- creditbench --threads {threads} evaluate"
         " -c {params.cfg} --data {params.data}"
         " {params.models} {params.suites} > {log} 2>&1"
@@ -131,6 +162,7 @@ rule evaluate:
 
 rule evaluate_base:
     input:
+        **FETCHED,
         model=rules.warmstart.output.model,
         test=rules.data.output.test,
     output:
@@ -154,6 +186,7 @@ rule evaluate_base:
         suites=suite_args,
         out=output_dir,
     shell:
+        f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- creditbench --threads {threads} evaluate"
         " -c {params.cfg} --data {params.data}"
         " --model {params.model} {params.suites} --out-dir {params.out} > {log} 2>&1"
