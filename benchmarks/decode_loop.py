@@ -49,12 +49,8 @@ def main() -> None:
     problems = [json.loads(x) for x in Path(args.data).read_text().splitlines()][: args.prompts]
     contexts = [sampler.encode_prompt(pr["prompt"]) for pr in problems]
     rows = [c for c in contexts for _ in range(args.group)]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, c in enumerate(rows):
-        ids[i, width - len(c) :] = torch.tensor(c)
-        mask[i, width - len(c) :] = 1
+    ids, mask = decode_module.left_pad(rows, tok.pad_token_id)
+    width = ids.size(1)
 
     forward_rows: list[int] = []
     model.model.register_forward_pre_hook(

@@ -65,6 +65,18 @@ def logits_processors(
     return procs
 
 
+def left_pad(contexts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, ``[B, W]``: the contexts left-padded to the longest
+    (``W``), as ``decode`` and ``generate`` take a batch."""
+    width = max(map(len, contexts))
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, ctx in enumerate(contexts):
+        ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
+        attention[row, width - len(ctx) :] = 1
+    return ids, attention
+
+
 def synced_decoding(model) -> bool:
     """Whether the model's forwards are collectives across processes (ZeRO-3 or FSDP
     with more than one process): the condition under which ``generate`` sets

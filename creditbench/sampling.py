@@ -42,7 +42,7 @@ from transformers import Cache
 
 from creditbench import faults
 from creditbench.config import SamplingConfig
-from creditbench.decode import agree_max, logits_processors, synced_decoding
+from creditbench.decode import agree_max, left_pad, logits_processors, synced_decoding
 from creditbench.decode import decode as decode_batch
 from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
@@ -439,12 +439,8 @@ class Sampler:
             ctxs = [contexts[r] for r in active]
             device = next(model.parameters()).device
             pad = tok.pad_token_id
-            width = max(len(c) for c in ctxs)
-            input_ids = torch.full((len(ctxs), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(ctxs), width), dtype=torch.long)
-            for row, ctx in enumerate(ctxs):  # left padding
-                input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-                attention[row, width - len(ctx) :] = 1
+            input_ids, attention = left_pad(ctxs, pad)
+            width = input_ids.size(1)
             budget = max(budgets[r] for r in active)
             new = torch.full((len(ctxs), budget), pad, dtype=torch.long)
             was_training = model.training

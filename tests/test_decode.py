@@ -14,7 +14,7 @@ from conftest import random_tiny_model
 from transformers import GenerationConfig
 
 from creditbench.config import SamplingConfig
-from creditbench.decode import decode, logits_processors
+from creditbench.decode import decode, left_pad, logits_processors
 from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
 from creditbench.model import build_char_tokenizer
@@ -46,12 +46,8 @@ def sampler(model, tok, **cfg) -> Sampler:
 def hf_generate(model, tok, s: Sampler, contexts, *, temperature, top_p=1.0, budget=24):
     """What the sampler ran before its own loop: ``generate`` on the left-padded batch
     with every knob explicit, cut at each row's first stop id."""
-    width = max(map(len, contexts))
-    ids = torch.full((len(contexts), width), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, c in enumerate(contexts):
-        ids[i, width - len(c) :] = torch.tensor(c)
-        mask[i, width - len(c) :] = 1
+    ids, mask = left_pad(contexts, tok.pad_token_id)
+    width = ids.size(1)
     greedy = temperature == 0
     cfg = GenerationConfig(
         max_new_tokens=budget,
@@ -139,12 +135,8 @@ def test_finished_rows_leave_the_batch_and_change_nothing(model, tok, fraction):
         tracker = ThoughtTracker(
             budgets, lambda r, a, b: "", stop_ids={tok.eos_token_id}, eos_id=tok.eos_token_id
         )
-        width = max(map(len, contexts))
-        ids = torch.full((4, width), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, c in enumerate(contexts):
-            ids[i, width - len(c) :] = torch.tensor(c)
-            mask[i, width - len(c) :] = 1
+        ids, mask = left_pad(contexts, tok.pad_token_id)
+        width = ids.size(1)
         out = torch.full((4, 24), tok.pad_token_id)
         rows, handle = _forward_rows(model)
         try:
@@ -186,12 +178,8 @@ def _synced_worker(rank: int, port: int, budgets: list[list[int]], out_file: str
     model = random_tiny_model(tok)
     s = Sampler(model, tok, SamplingConfig(max_new_tokens=24, batch_size=8), Ledger())
     contexts = [s.encode_prompt(p) for p in PROMPTS[: len(budgets[rank])]]
-    width = max(map(len, contexts))
-    ids = torch.full((len(contexts), width), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, c in enumerate(contexts):
-        ids[i, width - len(c) :] = torch.tensor(c)
-        mask[i, width - len(c) :] = 1
+    ids, mask = left_pad(contexts, tok.pad_token_id)
+    width = ids.size(1)
     tracker = ThoughtTracker(budgets[rank], lambda r, a, b: "")  # budgets only: no EOS
     out = torch.full((len(contexts), 24), tok.pad_token_id)
     rows, handle = _forward_rows(model)
