@@ -51,13 +51,18 @@ def _live_strays() -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_idle_math_workers():
-    """Earlier tests may leave math-verify's idle worker processes (children of this
-    process, kept for reuse): end them, so that the stray check below sees only what a
-    sandbox test leaves."""
+def no_idle_helpers():
+    """Earlier tests may leave idle helper processes, children of this process kept for
+    reuse: math-verify's workers, and multiprocessing's resource tracker, which any
+    spawned process starts (the two-process decoding test does). End them, so that the
+    stray check below sees only what a sandbox test leaves."""
+    from multiprocessing import resource_tracker
+
     from creditbench.tasks import math as math_task
 
     math_task._end_workers()
+    resource_tracker._resource_tracker._stop()  # a no-op when it is not running
+    assert _live_strays() == [], "a process left by an earlier test is still running"
     yield
 
 
