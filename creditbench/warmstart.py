@@ -13,6 +13,7 @@ Both phases are bounded by step counts, never by time.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import shutil
@@ -51,6 +52,35 @@ def _supervised_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int):
         attention[i, : len(seq)] = 1
         labels[i, len(p) : len(seq)] = torch.tensor(t)
     return ids, attention, labels
+
+
+def supervised_step(
+    model, pairs: list[tuple[list[int], list[int]]], pad_id: int, micro_batches: int, device
+) -> float:
+    """Accumulate the gradient of one batch's mean target-token loss; return the loss.
+
+    The pairs are sorted by length and cut into ``micro_batches`` contiguous parts, each
+    right-padded to its own longest pair: every part's summed token loss is divided by
+    the whole batch's target-token count (``num_items_in_batch``, the normaliser
+    transformers' ``Trainer`` passes under gradient accumulation), so the accumulated
+    gradient and the returned loss are those of the one padded batch.
+    """
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    n_items = sum(len(t) for _, t in pairs)
+    parts = min(micro_batches, len(pairs))
+    bounds = [round(j * len(pairs) / parts) for j in range(parts + 1)]
+    total = 0.0
+    for lo, hi in itertools.pairwise(bounds):
+        ids, attention, labels = _supervised_batch([pairs[i] for i in order[lo:hi]], pad_id)
+        loss = model(
+            input_ids=ids.to(device),
+            attention_mask=attention.to(device),
+            labels=labels.to(device),
+            num_items_in_batch=n_items,
+        ).loss
+        loss.backward()
+        total += loss.item()
+    return total
 
 
 def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
@@ -141,20 +171,14 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
                 rng.choice(skills)() if rng.random() < skill_share else solving_pair()
                 for _ in range(ws.batch_size)
             ]
-            ids, attention, labels = _supervised_batch(pairs, tokenizer.pad_token_id)
-            loss = model(
-                input_ids=ids.to(device),
-                attention_mask=attention.to(device),
-                labels=labels.to(device),
-            ).loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = supervised_step(model, pairs, tokenizer.pad_token_id, ws.micro_batches, device)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             if step % 50 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                history.append({"phase": phase, "step": step, "loss": loss.item()})
+                bar.set_postfix(loss=f"{loss:.3f}")
+                history.append({"phase": phase, "step": step, "loss": loss})
     model.eval()
     sampling = cfg.run(next(iter(cfg.runs))).sampling
     record = {
