@@ -3,12 +3,12 @@ against length-sorted micro-batches (``creditbench.warmstart.supervised_step``).
 
 The batches are those of the experiment's warm start: phase 1 solving demonstrations
 (with its ``demo_error_rate`` and ``demo_repair_rate``), phase 2 the skills mix
-(``replay_fraction`` solving, the rest localisation and revision examples in equal
-shares), ``batch_size`` examples each, drawn once and reused for every setting, so every
-setting computes the same update. The table gives the share of padded positions that
-are real tokens and the median milliseconds per step (forward, backward, optimiser) over
-``--steps`` steps, at ``--threads`` threads, on the experiment's tiny model (untrained:
-the step's cost does not depend on its weights).
+(``replay_fraction`` solving, the rest the skills in equal shares), drawn by the warm
+start's ``example_makers``, ``batch_size`` examples each, drawn once and reused for
+every setting, so every setting computes the same update. The table gives the share of
+padded positions that are real tokens and the median milliseconds per step (forward,
+backward, optimiser) over ``--steps`` steps, at ``--threads`` threads, on the
+experiment's tiny model (untrained: the step's cost does not depend on its weights).
 
     python benchmarks/warmstart_step.py -c experiments/default.yaml --threads 2
 """
@@ -28,49 +28,24 @@ from creditbench.config import SamplingConfig, load_experiment
 from creditbench.model import build_char_tokenizer, build_tiny_model
 from creditbench.sampling import Sampler
 from creditbench.tasks import make_task
-from creditbench.warmstart import supervised_step
+from creditbench.warmstart import example_makers, supervised_step
 
 
 def batches(cfg, task, tok, n: int, rng: random.Random) -> dict[str, list]:
+    """``n`` batches of each phase, drawn by the warm start's own example makers."""
     ws = cfg.warm_start
-    train = task.load("train")
     encode_prompt = Sampler.for_task(None, tok, SamplingConfig(), task).encode_prompt
-    eos = [tok.eos_token_id]
+    makers = example_makers(task, task.load("train"), ws, tok, encode_prompt, rng)
+    skills = [makers[k] for k in ws.skills]
 
-    def enc(text):
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    def solving():
-        p = rng.choice(train)
-        if rng.random() < ws.demo_error_rate:
-            fn = task.repaired if rng.random() < ws.demo_repair_rate else task.corrupt
-            target = fn(p, rng)[0]
-        else:
-            target = task.solution(p)
-        return encode_prompt(p.prompt), enc(target) + eos
-
-    def localisation():
-        p = rng.choice(train)
-        text, first = task.corrupt(p, rng)
-        return encode_prompt(task.localisation_prompt(p, text)), enc(
-            task.localisation_target(first, text, p)
-        ) + eos
-
-    def revision():
-        p = rng.choice(train)
-        failed, _ = task.corrupt(p, rng)
-        return encode_prompt(task.revision_prompt(p, failed, task.solution(p))), enc(
-            task.solution(p)
-        ) + eos
-
-    def skills():
-        if rng.random() < ws.replay_fraction:
-            return solving()
-        return rng.choice([localisation, revision])()
+    def skill_phase():
+        if rng.random() < 1.0 - ws.replay_fraction:
+            return rng.choice(skills)()
+        return makers["solve"]()
 
     return {
-        "solve": [[solving() for _ in range(ws.batch_size)] for _ in range(n)],
-        "skills": [[skills() for _ in range(ws.batch_size)] for _ in range(n)],
+        "solve": [[makers["solve"]() for _ in range(ws.batch_size)] for _ in range(n)],
+        "skills": [[skill_phase() for _ in range(ws.batch_size)] for _ in range(n)],
     }
 
 

@@ -83,41 +83,16 @@ def supervised_step(
     return total
 
 
-def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
-    """Train (or load) the base policy shared by every run; save it and its record."""
-    ws = cfg.warm_start
-    out_dir = Path(out_dir)
-    task = make_task(cfg.task, data_dir)
-    testbed = getattr(task, "corrupt", None) is not None  # reference solutions, planted errors
-    if not testbed and (ws.steps or ws.skill_steps):
-        raise ConfigError(
-            f"warm_start.steps ({ws.steps}) and skill_steps ({ws.skill_steps}) train on the "
-            f"testbed's reference solutions; task {cfg.task.name!r} has none: set both to 0 "
-            "(the base is then the model itself)"
-        )
-    if ws.steps == 0 and cfg.model.path is None:
-        raise ConfigError("warm_start.steps is 0 but model.path is null: nothing to start from")
-    train = task.load("train")
-    test = task.load("test")[: ws.eval_problems]
-    seed_everything(ws.seed)
-    device = default_device()
-    if cfg.model.path is None:
-        tokenizer = build_char_tokenizer(task.alphabet)
-        model = build_tiny_model(cfg.model.tiny, tokenizer).to(device)
-    else:
-        tokenizer = load_tokenizer(cfg.model.path)
-        model = load_policy(cfg.model.path, cfg.model, device, trainable=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("warm start: %d parameters on %s", n_params, device)
+def example_makers(task, train, ws, tokenizer, encode_prompt, rng: random.Random) -> dict:
+    """The warm start's example makers, each drawing one ``(prompt ids, target ids + EOS)``
+    pair from ``train`` (the task's training problems) with ``rng``: ``solve`` (a demonstration, with
+    ``demo_error_rate`` slips, ``demo_repair_rate`` of them repaired), ``localisation``
+    (name the first wrong thought of a corrupted trace) and ``revision`` (compare and
+    correct). ``ws``: the ``WarmStartConfig``; ``encode_prompt``: the sampler's."""
     eos = [tokenizer.eos_token_id]
-
-    # prompts encoded exactly as the sampler will encode them in RL and evaluation
-    encode_prompt = Sampler.for_task(model, tokenizer, SamplingConfig(), task).encode_prompt
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    rng = random.Random(f"warmstart-{ws.seed}")
 
     def solving_pair():
         p = rng.choice(train)
@@ -147,10 +122,46 @@ def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path)
             task.solution(p)
         ) + eos
 
-    skill_pairs = {"localisation": localisation_pair, "revision": revision_pair}
+    return {"solve": solving_pair, "localisation": localisation_pair, "revision": revision_pair}
+
+
+def warm_start(cfg: ExperimentConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
+    """Train (or load) the base policy shared by every run; save it and its record."""
+    ws = cfg.warm_start
+    out_dir = Path(out_dir)
+    task = make_task(cfg.task, data_dir)
+    testbed = getattr(task, "corrupt", None) is not None  # reference solutions, planted errors
+    if not testbed and (ws.steps or ws.skill_steps):
+        raise ConfigError(
+            f"warm_start.steps ({ws.steps}) and skill_steps ({ws.skill_steps}) train on the "
+            f"testbed's reference solutions; task {cfg.task.name!r} has none: set both to 0 "
+            "(the base is then the model itself)"
+        )
+    if ws.steps == 0 and cfg.model.path is None:
+        raise ConfigError("warm_start.steps is 0 but model.path is null: nothing to start from")
+    train = task.load("train")
+    test = task.load("test")[: ws.eval_problems]
+    seed_everything(ws.seed)
+    device = default_device()
+    if cfg.model.path is None:
+        tokenizer = build_char_tokenizer(task.alphabet)
+        model = build_tiny_model(cfg.model.tiny, tokenizer).to(device)
+    else:
+        tokenizer = load_tokenizer(cfg.model.path)
+        model = load_policy(cfg.model.path, cfg.model, device, trainable=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("warm start: %d parameters on %s", n_params, device)
+
+    # prompts encoded exactly as the sampler will encode them in RL and evaluation
+    encode_prompt = Sampler.for_task(model, tokenizer, SamplingConfig(), task).encode_prompt
+
+    rng = random.Random(f"warmstart-{ws.seed}")
+    makers = example_makers(task, train, ws, tokenizer, encode_prompt, rng)
+    solving_pair = makers["solve"]
+
     phases = [
         ("solve", ws.steps, []),
-        ("skills", ws.skill_steps, [skill_pairs[k] for k in ws.skills]),
+        ("skills", ws.skill_steps, [makers[k] for k in ws.skills]),
     ]
     history = []
     model.train()
