@@ -28,6 +28,9 @@ rows have (one ``all_reduce`` per step, only then).
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import (
@@ -75,6 +78,32 @@ def left_pad(contexts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
         ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
         attention[row, width - len(ctx) :] = 1
     return ids, attention
+
+
+def cache_keyword(model) -> str:
+    """The keyword under which ``model``'s forward takes a KV cache.
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name is
+    deprecated and removed in 5.40, after which a cache passed under it would land in
+    ``**kwargs`` unused and every decoding step would see one token of context, silently).
+    The name is read from the forward of the model's own class, under any wrapper
+    (DDP, FSDP, DeepSpeed: ``.module``; PEFT: ``get_base_model()``), so the engine runs on
+    the transformers versions on either side of the rename (vLLM pins older ones).
+    """
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+    return _cache_keyword_of(type(model))
+
+
+@functools.cache
+def _cache_keyword_of(cls) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def synced_decoding(model) -> bool:
@@ -142,6 +171,7 @@ def decode(
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as the shared prefill
     step_ids = input_ids[:, start:]
     step_pos = positions[:, start:]
+    cache_kw = cache_keyword(model)
     alive = torch.arange(batch)  # batch row of each row still in the forward batch
     running = [not tracker.done[r] for r in rows]  # per row still in the batch
     t = 0  # the next generated position; a synced process may forward past its budget
@@ -154,7 +184,7 @@ def decode(
                 input_ids=step_ids,
                 attention_mask=attention,
                 position_ids=step_pos,
-                past_key_values=cache,
+                **{cache_kw: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )

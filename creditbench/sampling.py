@@ -42,7 +42,13 @@ from transformers import Cache
 
 from creditbench import faults
 from creditbench.config import SamplingConfig
-from creditbench.decode import agree_max, left_pad, logits_processors, synced_decoding
+from creditbench.decode import (
+    agree_max,
+    cache_keyword,
+    left_pad,
+    logits_processors,
+    synced_decoding,
+)
 from creditbench.decode import decode as decode_batch
 from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
@@ -385,7 +391,7 @@ class Sampler:
             input_ids=input_ids[rep, :-1],
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),  # as generate: pads at 0
-            past_key_values=cache,
+            **{cache_keyword(self.model): cache},
             use_cache=True,
             logits_to_keep=1,
         )

@@ -4,8 +4,10 @@ from the forward batch, and sharded processes kept in step."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from conftest import random_tiny_model
 from transformers import GenerationConfig
 
 from creditbench.config import SamplingConfig
-from creditbench.decode import decode, left_pad, logits_processors
+from creditbench.decode import cache_keyword, decode, left_pad, logits_processors
 from creditbench.kv_cache import PreallocatedCache
 from creditbench.ledger import Ledger
 from creditbench.model import build_char_tokenizer
@@ -77,6 +79,52 @@ def test_greedy_tokens_equal_generate_across_a_padded_batch(model, tok):
     theirs = hf_generate(model, tok, s, contexts, temperature=0)
     assert [g.ids for g in ours] == [row[:b] for row, b in zip(theirs, budgets, strict=True)]
     assert [len(g.ids) for g in ours] == budgets
+
+
+class _Old(torch.nn.Module):  # a forward from before transformers' rename
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+        return input_ids
+
+
+class _New(torch.nn.Module):  # and after it
+    def forward(self, input_ids=None, cache=None, use_cache=None):
+        return input_ids
+
+
+class _Wrapper(torch.nn.Module):  # DDP, FSDP and DeepSpeed keep the model as .module
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+def test_the_cache_is_passed_under_the_name_the_model_s_own_forward_takes(model):
+    import peft
+
+    assert cache_keyword(_Old()) == "past_key_values"
+    assert cache_keyword(_New()) == "cache"
+    assert cache_keyword(_Wrapper(_Old())) == "past_key_values"
+    assert cache_keyword(_Wrapper(_New())) == "cache"
+    # the installed transformers: a parameter of the Llama forward itself, also under
+    # PEFT (whose forward takes **kwargs) and a process wrapper around it
+    named = inspect.signature(type(model).forward).parameters
+    lora = peft.get_peft_model(
+        random_tiny_model(build_char_tokenizer(ALPHABET)),
+        peft.LoraConfig(r=2, target_modules=["q_proj"]),
+    )
+    for wrapped in (model, lora, _Wrapper(lora)):
+        assert cache_keyword(wrapped) in named
+
+
+def test_decoding_passes_no_deprecated_cache_keyword(model, tok):
+    """A cache given under a removed keyword would be dropped into ``**kwargs`` and every
+    step would see one token; no deprecation warning is the check that it is not."""
+    s = sampler(model, tok)
+    contexts = [s.encode_prompt(p) for p in PROMPTS[:2]] * 2  # repeated: a shared prefill
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        outs = s.generate(contexts, purpose="t", temperature=0, max_new_tokens=[8] * 4)
+    assert [len(g.ids) for g in outs] == [8] * 4
+    assert outs[0].ids == outs[2].ids
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5)])

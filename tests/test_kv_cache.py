@@ -8,6 +8,7 @@ import torch
 from conftest import random_tiny_model
 from transformers import DynamicCache, GenerationConfig
 
+from creditbench.decode import cache_keyword
 from creditbench.kv_cache import PreallocatedCache, PreallocatedLayer
 from creditbench.model import build_char_tokenizer
 
@@ -60,6 +61,7 @@ def test_a_capacity_below_one_is_refused_by_name():
 
 def test_logits_of_a_padded_prefill_and_decode_equal_dynamic_cache(model, tok):
     input_ids, mask = _batch(tok, ["7+5*3-4\n", "1+2\n", "12*3-4+5*6-7\n"])
+    kw = cache_keyword(model)
     out = {}
     for name, cache in (
         ("dynamic", DynamicCache(config=model.config)),
@@ -67,12 +69,12 @@ def test_logits_of_a_padded_prefill_and_decode_equal_dynamic_cache(model, tok):
     ):
         ids, m, logits = input_ids, mask, []
         with torch.no_grad():
-            step = model(input_ids=ids, attention_mask=m, past_key_values=cache, use_cache=True)
+            step = model(input_ids=ids, attention_mask=m, use_cache=True, **{kw: cache})
             for _ in range(4):
                 logits.append(step.logits[:, -1])
                 nxt = step.logits[:, -1].argmax(-1, keepdim=True)
                 m = torch.cat([m, torch.ones_like(nxt)], dim=1)
-                step = model(input_ids=nxt, attention_mask=m, past_key_values=cache, use_cache=True)
+                step = model(input_ids=nxt, attention_mask=m, use_cache=True, **{kw: cache})
         out[name] = torch.stack(logits)
     assert all(type(layer) is PreallocatedLayer for layer in cache.layers)
     torch.testing.assert_close(out["prealloc"], out["dynamic"], rtol=0, atol=1e-6)
@@ -102,7 +104,8 @@ def test_generate_gives_the_same_tokens_with_either_cache(model, tok, sample):
                 input_ids=input_ids,
                 attention_mask=mask,
                 generation_config=cfg,
-                past_key_values=cache,
+                **{cache_keyword(model): cache},
             )
+        assert cache.get_seq_length() > 0  # generate decoded into the cache it was given
     assert torch.equal(seqs["prealloc"], seqs["dynamic"])
     assert seqs["dynamic"].size(1) > input_ids.size(1) + 3  # it did outgrow the capacity
