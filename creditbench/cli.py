@@ -50,23 +50,42 @@ def cmd_warmstart(cfg, args):
 
 
 def cmd_train(cfg, args):
+    """Train one run x seed, or (``--seed`` repeated, each with its ``--out`` in the same
+    order) several seeds of a run one after another in this process
+    (``launch.group_seeds``). Each seed resumes from its own checkpoints, so the same
+    command continues after a pre-emption: seeds already trained re-finish from their
+    final checkpoint (no step is repeated) and the interrupted one resumes."""
+    import gc
+
     from creditbench.train import PREEMPTED_EXIT_STATUS, Preempted, Trainer
 
     run = cfg.run(args.run)
     p = _paths(cfg, args.results)
-    out = args.out or p["runs"] / args.run / f"seed{args.seed}"
-    trainer = Trainer(
-        run, args.seed, args.init or p["base"], args.data or p["data"], out, cfg.methods_dir
-    )
-    try:
-        ledger = trainer.train(until_step=args.until_step)
-    except Preempted as e:  # SIGTERM / SIGUSR1: checkpointed; the same command resumes
-        print(f"creditbench: pre-empted: {e}", file=sys.stderr)
-        return PREEMPTED_EXIT_STATUS
-    if trainer.is_main:  # one summary line, not one per process
-        print(
-            json.dumps({"step": trainer.step, "generated_tokens": ledger["total_generated_tokens"]})
+    seeds, outs = args.seed, args.out or []
+    if len(seeds) != len(set(seeds)):
+        raise ConfigError(f"--seed repeats a seed: {seeds}")
+    if outs and len(outs) != len(seeds):
+        raise ConfigError(
+            f"give one --out per --seed, in the same order ({len(seeds)} seeds, {len(outs)} "
+            f"--out), or none (results/<experiment>/runs/<run>/seed<k>)"
         )
+    if len(seeds) > 1 and cfg.launch.num_processes > 1:
+        raise ConfigError("several --seed in one job need launch.num_processes 1")
+    for i, seed in enumerate(seeds):
+        out = outs[i] if outs else p["runs"] / args.run / f"seed{seed}"
+        trainer = Trainer(
+            run, seed, args.init or p["base"], args.data or p["data"], out, cfg.methods_dir
+        )
+        try:
+            ledger = trainer.train(until_step=args.until_step)
+        except Preempted as e:  # SIGTERM / SIGUSR1: checkpointed; the same command resumes
+            print(f"creditbench: pre-empted: {e}", file=sys.stderr)
+            return PREEMPTED_EXIT_STATUS
+        if trainer.is_main:  # one summary line per seed, not one per process
+            summary = {"step": trainer.step, "generated_tokens": ledger["total_generated_tokens"]}
+            print(json.dumps({"seed": seed, **summary} if len(seeds) > 1 else summary))
+        del trainer
+        gc.collect()
 
 
 def suites_of(cfg: ExperimentConfig) -> list[str]:
@@ -237,10 +256,10 @@ def cmd_run(cfg, args):
                     cfg,
                     argparse.Namespace(
                         run=r,
-                        seed=seed,
+                        seed=[seed],
                         init=None,
                         data=None,
-                        out=out,
+                        out=[out],
                         until_step=None,
                         results=args.results,
                     ),
@@ -325,10 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out")
     sp = add("train", cmd_train, "train one run x seed (resumes from its last checkpoint)")
     sp.add_argument("--run", required=True)
-    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument(
+        "--seed",
+        type=int,
+        required=True,
+        action="append",
+        help="a seed (repeat for several, trained one after another in this process)",
+    )
     sp.add_argument("--init", help="initial model (default: the warm start)")
     sp.add_argument("--data")
-    sp.add_argument("--out")
+    sp.add_argument(
+        "--out", action="append", help="the seed's run folder (one per --seed, in order)"
+    )
     sp.add_argument("--until-step", type=int, help="stop after this step (resumable)")
     sp = add("evaluate", cmd_evaluate, "held-out accuracy of models on one or more suites")
     sp.add_argument(

@@ -582,12 +582,28 @@ class LaunchConfig(Strict):
     (``num_processes`` counts the processes of all of them, accelerate's convention, so
     it is a multiple of ``num_machines``): ``scripts/accelerate_multinode.sh`` runs one
     ``accelerate launch`` per node through ``srun``, the first node the rendezvous host.
+    ``group_seeds``: one training job per run, which trains its seeds one after another
+    in one process (each seed in its own folder, resumed from its own checkpoints, with
+    the results of a job per seed), so the process start-up (torch and transformers
+    imports, ~8 s on a small CPU) is paid once per run, not once per seed; for the CPU
+    testbed, where a seed trains in a minute. One process only (``num_processes`` 1).
     """
 
     num_processes: PositiveInt = 1
     accelerate_config: str | None = None
     gpus_per_job: NonNegInt | None = None
     num_machines: PositiveInt = 1
+    group_seeds: bool = False
+
+    @model_validator(mode="after")
+    def _grouped_seeds_in_one_process(self):
+        if self.group_seeds and self.num_processes > 1:
+            raise ValueError(
+                f"launch.group_seeds trains a run's seeds one after another in one process: "
+                f"it needs launch.num_processes 1, not {self.num_processes} (a multi-process "
+                f"job per seed costs its start-up once per hours of training anyway)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _machines_divide_processes(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -418,3 +419,53 @@ def test_a_second_trainer_on_the_same_run_waits_for_the_first_and_resumes_equal(
     assert second.returncode == 0, second_err.read_text()[-3000:]
     assert json.loads(second_out.splitlines()[-1])["step"] == PREEMPT_STEPS
     _assert_same_run(cli_reference, out)
+
+
+# ------------------------------------------------------- several seeds in one process
+def test_seeds_trained_one_after_another_in_one_process_equal_a_process_each(
+    small_experiment, cli_reference, tmp_path
+):
+    """``--seed`` repeated (launch.group_seeds): seed 0, trained in the same process after
+    seed 1, ends bitwise equal to seed 0 alone in its own process; the same command run
+    again after the declared outputs were removed (as Snakemake does before re-running an
+    incomplete job) re-finishes both from their final checkpoints, equal, no step redone."""
+    cmd = _cli_train(
+        small_experiment, tmp_path, tmp_path / "x", steps=PREEMPT_STEPS, checkpoint_every=100
+    )
+    common = cmd[: cmd.index("--seed")] + cmd[cmd.index("--init") : cmd.index("--out")]
+    outs = {seed: tmp_path / f"seed{seed}" for seed in (1, 0)}
+    grouped = common + [a for s, o in outs.items() for a in ("--seed", str(s), "--out", str(o))]
+    proc = subprocess.run(grouped, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [s["seed"] for s in summaries] == [1, 0]
+    assert [s["step"] for s in summaries] == [PREEMPT_STEPS] * 2
+    _assert_same_run(cli_reference, outs[0])
+    seed1_rows = _rows(outs[1] / "metrics.jsonl")
+    assert [r["reward"] for r in seed1_rows] != [
+        r["reward"] for r in _rows(outs[0] / "metrics.jsonl")
+    ]
+
+    for out in outs.values():
+        for name in ("metrics.jsonl", "ledger.json", "model"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    again = subprocess.run(grouped, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_same_run(cli_reference, outs[0])
+    assert _rows(outs[1] / "metrics.jsonl") == seed1_rows  # timings included: no step redone
+
+
+def test_several_seeds_are_refused_without_one_out_each_or_with_a_seed_twice(
+    small_experiment, tmp_path, capsys
+):
+    from creditbench import cli
+
+    cmd = _cli_train(small_experiment, tmp_path, tmp_path / "x")[3:]  # train -c ... --out x
+    assert cli.main([*cmd, "--seed", "1"]) == 2  # two seeds, one --out
+    assert (
+        "give one --out per --seed, in the same order (2 seeds, 1 --out)" in capsys.readouterr().err
+    )
+    assert cli.main([*cmd, "--seed", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "--seed repeats a seed: [0, 0]" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # nothing started

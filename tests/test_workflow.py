@@ -279,6 +279,29 @@ def test_grouped_seeds_are_one_job_per_run_with_each_seeds_results(smoke_run, tm
     assert "2 models (--model) need one --out-dir each, got 1" in bad.stderr
 
 
+def test_grouped_training_seeds_are_one_job_per_run_writing_each_seeds_run(tmp_path):
+    """launch.group_seeds: one training job per run, its seeds one after another in one
+    process (what that process does is tested in test_train.py), with every seed's
+    outputs, so evaluation and analysis read the same files as with a job per seed."""
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["launch"] = {"group_seeds": True}
+    path = tmp_path / "grouped.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    plan = snakemake("-n", "-p", "--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    out = plan.stdout + plan.stderr
+    assert re.search(r"^train\s+2$", out, re.M), out  # 2 runs, both seeds each
+    assert "logs/train/grpo/seeds.log" in out
+    r = "results/smoke/runs/grpo"
+    assert f"--run grpo --seed 0 --out {r}/seed0 --seed 1 --out {r}/seed1 --init" in out
+    assert re.search(r"runtime=240\b", out)  # the testbed's 120 minutes per seed, twice
+
+    cfg["launch"]["num_processes"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    bad = snakemake("-n", "--cores", "2", "--configfile", str(path), cwd=tmp_path, check=False)
+    assert bad.returncode != 0
+    assert "launch.group_seeds" in bad.stdout + bad.stderr
+
+
 def test_a_run_added_to_the_config_appears_in_the_dag(smoke_run, tmp_path):
     cfg = yaml.safe_load(SMOKE.read_text())
     cfg["runs"]["grpo_noclip"] = {"method": "grpo", "loss": {"clip": False}}

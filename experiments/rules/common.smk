@@ -105,6 +105,26 @@ def run_eval_models():
     return expand(model, seed=SEEDS, allow_missing=True) if GROUP_SEEDS else model
 
 
+# Training jobs: one per run x seed, or (launch.group_seeds) one per run that trains its
+# seeds one after another in one process; its log and benchmark are then the run's
+# (logs/train/<run>/seeds.log), its outputs every seed's.
+GROUP_TRAIN_SEEDS = EXP.launch.group_seeds
+TRAIN_JOB = "seeds" if GROUP_TRAIN_SEEDS else "seed{seed}"
+
+
+def run_train_output(name):
+    """A training job's output file ``name`` under each of its seeds' run folders."""
+    path = f"{R}/runs/{{run}}/seed{{seed}}/{name}"
+    return expand(path, seed=SEEDS, allow_missing=True) if GROUP_TRAIN_SEEDS else path
+
+
+def seed_args(wildcards, output):
+    """``--seed K --out DIR`` for each seed the training job trains (its ledgers' folders)."""
+    ledgers = output.ledger if isinstance(output.ledger, list) else [output.ledger]
+    folders = [Path(x).parent for x in ledgers]
+    return " ".join(f"--seed {f.name.removeprefix('seed')} --out {f}" for f in folders)
+
+
 def suite_args(wildcards):
     """The evaluation command's suites: the job's own, or every suite of the experiment."""
     return " ".join(

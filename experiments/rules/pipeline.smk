@@ -98,20 +98,20 @@ rule train:
         base=rules.warmstart.output.model,
         train=rules.data.output.train,
     output:
-        model=f"{R}/runs/{{run}}/seed{{seed}}/model/config.json",
-        metrics=f"{R}/runs/{{run}}/seed{{seed}}/metrics.jsonl",
-        ledger=f"{R}/runs/{{run}}/seed{{seed}}/ledger.json",
+        model=run_train_output("model/config.json"),
+        metrics=run_train_output("metrics.jsonl"),
+        ledger=run_train_output("ledger.json"),
     log:
-        f"{R}/logs/train/{{run}}/seed{{seed}}.log",
+        f"{R}/logs/train/{{run}}/{TRAIN_JOB}.log",
     benchmark:
-        f"{R}/benchmarks/train/{{run}}/seed{{seed}}.tsv"
+        f"{R}/benchmarks/train/{{run}}/{TRAIN_JOB}.tsv"
     conda:
         ENV
     threads: THREADS["train"]
     resources:
         gpu=GPUS["train"],
         nodes=LAUNCH.num_machines,  # SLURM: --nodes (one unless launch.num_machines)
-        runtime=RUNTIME["train"],
+        runtime=RUNTIME["train"] * (len(SEEDS) if GROUP_TRAIN_SEEDS else 1),
         mem_mb=MEM_MB["train"],
     params:
         launcher=TRAIN_LAUNCHER,
@@ -119,14 +119,14 @@ rule train:
         cfg=CONFIG,
         init=input_dir("base"),
         data=input_dir("train"),
-        out=output_dir_of("ledger"),
+        seeds=seed_args,
         run=run_params,
     shell:
         f"{HUB_OFFLINE}"
         "creditbench-place --gpus {resources.gpu} -- {params.launcher} --threads {params.torch_threads}"
         " train -c {params.cfg}"
-        " --run {wildcards.run} --seed {wildcards.seed} --init {params.init}"
-        " --data {params.data} --out {params.out} > {log} 2>&1"
+        " --run {wildcards.run} {params.seeds} --init {params.init}"
+        " --data {params.data} > {log} 2>&1"
 
 
 rule evaluate:
