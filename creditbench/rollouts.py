@@ -196,3 +196,24 @@ class Batch:
         return Batch(
             **{k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         )
+
+    def trimmed(self) -> Batch:
+        """This batch without its all-padding columns: the prompts' leading ones and the
+        completions' trailing ones (those of rows longer than any kept). A micro-batch of
+        short rows, selected from a batch padded to its longest row, is then forwarded at
+        its own width. The loss is unchanged (the columns dropped are masked out of every
+        sum; no normaliser counts them) and so are the log-probs of the columns kept, up
+        to rounding (the attention's sums run over fewer masked keys)."""
+        prompt_cols = self.prompt_mask.any(0).nonzero()
+        completion_cols = self.completion_mask.any(0).nonzero()
+        p = self.prompt_ids.size(1) - int(prompt_cols.min()) if len(prompt_cols) else 0
+        c = int(completion_cols.max()) + 1 if len(completion_cols) else 1
+        if p == self.prompt_ids.size(1) and c == self.completion_ids.size(1):
+            return self
+        out = {}
+        for k, v in self.__dict__.items():  # every tensor but the prompt's is [B, C]
+            if k in ("prompt_ids", "prompt_mask"):
+                out[k] = v[:, v.size(1) - p :]
+            else:
+                out[k] = v[:, :c] if isinstance(v, torch.Tensor) else v
+        return Batch(**out)

@@ -593,7 +593,7 @@ class Trainer:
                             lp = self._logprobs(self.model_wrapped, batch.select([0]), temperature)
                             self.accelerator.backward(lp.sum() * 0.0)
                             continue
-                        part = mb.select(parts[j])
+                        part = mb.select(parts[j]).trimmed()  # its own width
                         lp = self._logprobs(self.model_wrapped, part, temperature)
                         loss, st = batch_loss(lp, part, loss_cfg, n_items, n_seq)
                         # DDP averages gradients over processes; this process's share of

@@ -57,8 +57,16 @@ parameter below or a documented behaviour:
   attended like any token (the official code passes no attention mask).
 - [choice] Completions whose group advantage is 0 (a zero-variance group) get no
   importance pass: ``A = 0 * w = 0`` whatever ``w`` is, so the compute is saved.
+- [choice] ``prefix_cache`` (speed, not credit): a copy perturbed at token t equals the
+  clean sequence before t, so OAR-P forwards each copy from t on, on the clean forward's
+  keys and values of the tokens before it, instead of whole (the official code's
+  ``calculate_token_importance_perturbation`` forwards every copy whole); the same
+  ``P_final^(t)`` up to rounding, about half the forwarded tokens on the testbed
+  (``benchmarks/oar_perturbation.py``). Models whose cache keeps fewer than every
+  position (sliding windows) forward copies whole.
 - [choice] Cost accounting (ledger): OAR-P charges ``perturbation`` with the tokens of
-  the clean sequence and of every perturbed copy; OAR-G charges ``gradient`` with twice
+  the clean sequence and of every perturbed copy that are forwarded (from t on with
+  ``prefix_cache``); OAR-G charges ``gradient`` with twice
   the sequence's tokens (the clean forward and the noisy forward; its backward is not
   charged separately, as the engine's ``policy_update`` counts forward + backward once).
   A sequence is the prompt plus the completion up to the last answer-predicting position
@@ -87,7 +95,10 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
+from creditbench.decode import cache_keyword
 from creditbench.distributed import lockstep
 from creditbench.rollouts import Group, Trajectory, decoded_lengths, group_normalise
 
@@ -110,6 +121,10 @@ class Params(BaseModel):
     # sequences per importance forward (OAR-P: perturbed copies; OAR-G: completions per
     # forward + backward); changes speed and memory, not the importances
     perturbation_batch_size: int = Field(64, gt=0)
+    # OAR-P: forward each perturbed copy from its perturbed token on, on the clean pass's
+    # keys and values of the tokens before it (the same importances up to rounding, about
+    # half the compute); False: every copy forwarded whole, as the official code does
+    prefix_cache: bool = True
     # which tokens are reasoning; the conclusion (answer line) keeps w = 1 (OAR-main.py)
     reasoning_span: Literal["before_answer_line", "before_answer_thought", "before_answer"] = (
         "before_answer_line"
@@ -272,18 +287,26 @@ def outcome_logprobs(
     attention_mask: torch.Tensor,
     n_pred: list[int],
     inputs_embeds: torch.Tensor | None = None,
+    cache: Cache | None = None,
 ) -> torch.Tensor:
     """``log P_final`` per row, ``[B, V]``: log-softmax of the logits averaged over each
-    row's last ``n_pred`` positions (left padding keeps them at the end of every row)."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as creditbench.loss does
+    row's last ``n_pred`` positions (left padding keeps them at the end of every row).
+
+    ``cache``: the KV of positions the inputs follow, which ``attention_mask`` covers
+    before the inputs' own columns (it is filled further by this call); a fresh cache
+    keeps the inputs' KV (``prefix_cache``)."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as creditbench.loss does
+    width = (input_ids if inputs_embeds is None else inputs_embeds).size(1)
     k = max(n_pred)
     inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+    if cache is not None:
+        inputs[cache_keyword(model)] = cache
     logits = model(
         **inputs,
         attention_mask=attention_mask,
-        position_ids=position_ids,
+        position_ids=positions[:, -width:],
         logits_to_keep=k,
-        use_cache=False,
+        use_cache=cache is not None,
     ).logits
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     n = torch.tensor(n_pred, device=logits.device)
@@ -302,47 +325,132 @@ def placeholder_probe(pad_id: int) -> Probe:
     return Probe([pad_id, pad_id], 1, 1, (0, 1))
 
 
+def _full_copies(model, probes, chunk, pad_id, device):
+    """``log P_final`` of perturbed copies ``(k, j, pos)``, each forwarded whole."""
+    seqs = []
+    for k, _, pos in chunk:
+        seq = list(probes[k].ids)
+        seq[pos] = pad_id
+        seqs.append(seq)
+    ids, attention = pad_left(seqs, pad_id, device)
+    logq = outcome_logprobs(model, ids, attention, [probes[k].n_pred for k, _, _ in chunk])
+    return logq, sum(len(s) for s in seqs)
+
+
+def _suffix_copies(model, probes, cache, row, shift, chunk, pad_id, device):
+    """``log P_final`` of perturbed copies ``(k, j, pos)``, each forwarded from its
+    perturbed token on, after the clean pass's KV of the tokens before it.
+
+    A copy of probe k perturbed at ``pos`` equals the clean sequence before ``pos``: in a
+    causal model those positions' keys and values are the clean pass's, so only the
+    tokens from ``start = min(pos, len - n_pred)`` on are forwarded. ``cache``: the clean
+    pass's per-layer ``(keys, values)``, ``[B, heads, W, d]``: probe k in row ``row[k]``,
+    left-padded by ``shift[k]``. The batch's prefixes are right-aligned in a cache of the longest one and
+    its suffixes left-padded to the longest: ``[pad | prefix | pad | suffix]`` under one
+    attention mask, positions counted over the real tokens (as the clean pass counts)."""
+    starts = [min(pos, len(probes[k].ids) - probes[k].n_pred) for k, _, pos in chunk]
+    width_p = max(starts)
+    rows = torch.tensor([row[k] for k, _, _ in chunk], device=device)
+    cols = torch.tensor(
+        [
+            [shift[k] + t - width_p + i for i in range(width_p)]
+            for (k, _, _), t in zip(chunk, starts, strict=True)
+        ],
+        device=device,
+    ).clamp(min=0)  # the columns left of a row's prefix are masked out
+    layers = [
+        (
+            keys[rows[:, None], :, cols].transpose(1, 2),
+            values[rows[:, None], :, cols].transpose(1, 2),
+        )
+        for keys, values in cache
+    ]
+    suffixes = []
+    for (k, _, pos), t in zip(chunk, starts, strict=True):
+        seq = list(probes[k].ids[t:])
+        seq[pos - t] = pad_id
+        suffixes.append(seq)
+    ids, suffix_mask = pad_left(suffixes, pad_id, device)
+    prefix_mask = torch.tensor(
+        [[int(i >= width_p - t) for i in range(width_p)] for t in starts], device=device
+    )
+    attention = torch.cat([prefix_mask, suffix_mask], dim=1)
+    logq = outcome_logprobs(
+        model, ids, attention, [probes[k].n_pred for k, _, _ in chunk],
+        cache=DynamicCache(ddp_cache_data=layers),
+    )  # fmt: skip
+    return logq, sum(len(s) for s in suffixes)
+
+
+def _full_attention_layers(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's ``(keys, values)`` of a filled cache, or None where a layer does not
+    keep every position (a sliding window, a linear-attention state): no prefix reuse."""
+    layers = []
+    for layer in getattr(cache, "layers", None) or []:
+        if type(layer) is not DynamicLayer or getattr(layer, "keys", None) is None:
+            return None
+        layers.append((layer.keys, layer.values))
+    return layers or None
+
+
 @torch.no_grad()
 def perturbation_importance(
-    model, probes: list[Probe], pad_id: int, batch_size: int, collective=None
+    model,
+    probes: list[Probe],
+    pad_id: int,
+    batch_size: int,
+    collective=None,
+    prefix_cache: bool = True,
 ) -> tuple[list[torch.Tensor], int]:
     """OAR-P: ``I_t = KL(P_final || P_final^(t))`` with token t replaced by ``pad_id``.
 
     Returns one float64 importance vector per probe and the number of forwarded tokens
-    (every clean and perturbed sequence). Perturbed copies of all probes are batched
-    together, ``batch_size`` sequences per forward. ``collective``: every process makes
-    as many forwards as the one with the most (placeholders, discarded).
+    (every clean sequence, and of every perturbed copy the tokens forwarded). Probes go
+    ``batch_size`` at a time through a clean forward; their perturbed copies, sorted by
+    length, ``batch_size`` per forward. ``prefix_cache``: a copy is forwarded from its
+    perturbed token on, on the clean forward's keys and values of the tokens before it
+    (``_suffix_copies``: the same logits up to rounding, about half the tokens of a
+    copy); False forwards every copy whole (the official code's computation). A model
+    whose cache keeps fewer than every position forwards copies whole. ``collective``:
+    every process makes as many forwards as the one with the most (placeholders,
+    discarded; one agreement per probe batch).
     """
     device = next(model.parameters()).device
     forwarded = 0
-    clean = []
-    for chunk in lockstep(collective, _chunks(probes, batch_size)):
-        if chunk is None:  # another process has more batches: a placeholder forward
-            ids, attention = pad_left([[pad_id]], pad_id, device)
-            outcome_logprobs(model, ids, attention, [1])
-            continue
-        ids, attention = pad_left([p.ids for p in chunk], pad_id, device)
-        clean.append(outcome_logprobs(model, ids, attention, [p.n_pred for p in chunk]))
-        forwarded += sum(len(p.ids) for p in chunk)
-    clean = torch.cat(clean) if clean else None
     importance = [torch.zeros(len(p.positions), dtype=torch.float64) for p in probes]
-    rows = [(k, j, pos) for k, p in enumerate(probes) for j, pos in enumerate(p.positions)]
-    for chunk in lockstep(collective, _chunks(rows, batch_size)):
-        if chunk is None:
+    for block in lockstep(collective, _chunks(list(range(len(probes))), batch_size)):
+        if block is None:  # another process has more probes: placeholder forwards
+            block = []
+        copies, cache, row, shift, clean = [], None, {}, {}, None
+        if block:
+            chunk = [probes[k] for k in block]
+            ids, attention = pad_left([p.ids for p in chunk], pad_id, device)
+            fresh = DynamicCache() if prefix_cache else None
+            logp = outcome_logprobs(model, ids, attention, [p.n_pred for p in chunk], cache=fresh)
+            clean = dict(zip(block, logp, strict=True))
+            forwarded += sum(len(p.ids) for p in chunk)
+            cache = _full_attention_layers(fresh) if fresh is not None else None
+            row = {k: i for i, k in enumerate(block)}
+            shift = {k: ids.size(1) - len(probes[k].ids) for k in block}
+            copies = [(k, j, pos) for k in block for j, pos in enumerate(probes[k].positions)]
+            copies.sort(key=lambda c: len(probes[c[0]].ids) - c[2])  # suffix length
+        else:
             ids, attention = pad_left([[pad_id]], pad_id, device)
             outcome_logprobs(model, ids, attention, [1])
-            continue
-        seqs = []
-        for k, _, pos in chunk:
-            seq = list(probes[k].ids)
-            seq[pos] = pad_id
-            seqs.append(seq)
-        ids, attention = pad_left(seqs, pad_id, device)
-        logq = outcome_logprobs(model, ids, attention, [probes[k].n_pred for k, _, _ in chunk])
-        kl = kl_divergence(clean[[k for k, _, _ in chunk]], logq).clamp(min=0)  # rounding
-        for (k, j, _), value in zip(chunk, kl.tolist(), strict=True):
-            importance[k][j] = value
-        forwarded += sum(len(s) for s in seqs)
+        for part in lockstep(collective, _chunks(copies, batch_size)):
+            if part is None:
+                ids, attention = pad_left([[pad_id]], pad_id, device)
+                outcome_logprobs(model, ids, attention, [1])
+                continue
+            if cache is not None:
+                logq, n = _suffix_copies(model, probes, cache, row, shift, part, pad_id, device)
+            else:
+                logq, n = _full_copies(model, probes, part, pad_id, device)
+            logp = torch.stack([clean[k] for k, _, _ in part])
+            kl = kl_divergence(logp, logq).clamp(min=0)  # rounding
+            for (k, j, _), value in zip(part, kl.tolist(), strict=True):
+                importance[k][j] = value
+            forwarded += n
     return importance, forwarded
 
 
@@ -477,7 +585,7 @@ class Method:
         with ledger.phase(p.importance), _eval_mode(model):
             if p.importance == "perturbation":
                 imp, forwarded = perturbation_importance(
-                    model, probes, pad_id, p.perturbation_batch_size, coll
+                    model, probes, pad_id, p.perturbation_batch_size, coll, p.prefix_cache
                 )
             else:
                 hidden = model.get_input_embeddings().weight.shape[-1]

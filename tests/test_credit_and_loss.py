@@ -404,6 +404,74 @@ def test_micro_batches_group_rows_of_similar_completion_length():
     assert batch.select([]).micro_batches(None) == []  # an empty (padding) minibatch
 
 
+def test_trimmed_drops_only_all_padding_columns():
+    """Rows 1 and 3 of a batch padded for a 4-token prompt and a 5-token completion: a
+    micro-batch of them has prompts of at most 3 tokens and completions of at most 2."""
+    trajs = [traj(5, n_prompt=4), traj(1, n_prompt=2), traj(4), traj(2, n_prompt=3), traj(3)]
+    batch = Batch.from_trajectories([t.set_credit(float(i)) for i, t in enumerate(trajs)], 0)
+    batch.old_logprobs = torch.arange(25.0).reshape(5, 5)
+    part = batch.select([1, 3])
+    cut = part.trimmed()
+    assert cut.prompt_ids.tolist() == [[0, 10, 11], [10, 11, 12]]
+    assert cut.prompt_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert cut.completion_ids.tolist() == [[60, 0], [60, 61]]
+    assert cut.completion_mask.tolist() == [[1, 0], [1, 1]]
+    assert cut.advantages.tolist() == [[1.0, 0.0], [3.0, 3.0]]
+    assert cut.loss_mask.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert cut.old_logprobs.tolist() == [[5.0, 6.0], [15.0, 16.0]]
+    assert cut.ref_logprobs is None
+    assert batch.trimmed() is batch  # nothing to drop
+    empty = Batch.from_trajectories([traj(0).set_credit(1.0)], 0).trimmed()
+    assert empty.completion_ids.size(1) == 1  # an empty completion keeps one column
+
+
+def test_trimmed_micro_batches_give_the_full_batch_loss_and_gradient():
+    """Gradient accumulation over length-sorted micro-batches, each at its own width, gives
+    the one-batch loss and gradient (``Trainer.policy_update``'s loop)."""
+    from creditbench.config import TinyModelConfig
+    from creditbench.loss import batch_loss, completion_logprobs
+    from creditbench.model import build_char_tokenizer, build_tiny_model
+
+    tok = build_char_tokenizer("0123456789+-*=\nA:")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        cfg = TinyModelConfig(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+        model = build_tiny_model(cfg, tok).double()
+    gen = torch.Generator().manual_seed(1)
+    trajs = []
+    for n_p, n_c in [(3, 9), (6, 2), (4, 5), (5, 1), (2, 7), (6, 8)]:
+        t = traj(n_c, n_prompt=n_p, start=5)
+        t.prompt_ids = torch.randint(5, len(tok), (n_p,), generator=gen).tolist()
+        t.completion_ids = torch.randint(5, len(tok), (n_c,), generator=gen).tolist()
+        trajs.append(t.set_credit(float(torch.randn(1, generator=gen))))
+    batch = Batch.from_trajectories(trajs, tok.pad_token_id)
+    cfg = LossConfig()
+    n_items, n_seq = float(batch.completion_mask.sum()), len(batch)
+
+    def accumulate(size, trim):
+        model.zero_grad(set_to_none=True)
+        total, widths = 0.0, []
+        for idx in batch.micro_batches(size):
+            part = batch.select(idx).trimmed() if trim else batch.select(idx)
+            lp = completion_logprobs(
+                model, part.prompt_ids, part.prompt_mask, part.completion_ids,
+                part.completion_mask,
+            )  # fmt: skip
+            loss, _ = batch_loss(lp, part, cfg, n_items, n_seq)
+            loss.backward()
+            total += loss.item()
+            widths.append(part.prompt_ids.size(1) + part.completion_ids.size(1))
+        return total, torch.cat([q.grad.flatten() for q in model.parameters()]), widths
+
+    loss, grad, (width,) = accumulate(None, False)
+    assert width == 6 + 9
+    loss2, grad2, widths = accumulate(2, True)
+    # completions 1, 2 | 5, 7 | 8, 9 (prompts 5, 6 | 4, 2 | 6, 3)
+    assert widths == [6 + 2, 4 + 7, 6 + 9]
+    assert loss2 == pytest.approx(loss, rel=1e-12)
+    torch.testing.assert_close(grad2, grad, rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------------------- ledger
 def test_ledger_accumulates_tokens_by_purpose():
     led = Ledger()

@@ -212,11 +212,22 @@ def _direct_outcome(model, ids, n_pred, embeds=None):
     return torch.log_softmax(logits[-n_pred:].mean(0), -1)
 
 
-@pytest.mark.parametrize("outcome", ["last", "mean"])
-def test_perturbation_importance_equals_per_token_pad_replacement_kl(tiny, outcome):
+@pytest.mark.parametrize(
+    ("outcome", "prefix_cache", "batch_size"),
+    [("last", True, 3), ("mean", True, 3), ("last", True, 1), ("last", True, 64),
+     ("mean", True, 64), ("last", False, 3), ("mean", False, 3)],
+)  # fmt: skip
+def test_perturbation_importance_equals_per_token_pad_replacement_kl(
+    tiny, outcome, prefix_cache, batch_size
+):
+    """Every copy against its own whole, unpadded forward; with ``prefix_cache`` the copies
+    of both probes (different lengths and perturbed positions) share batches, their
+    prefixes and suffixes padded to each batch's longest."""
     model, tok = tiny
     probes, pad = _probes(tok, outcome)
-    got, forwarded = oar.perturbation_importance(model, probes, pad, batch_size=3)
+    got, forwarded = oar.perturbation_importance(
+        model, probes, pad, batch_size=batch_size, prefix_cache=prefix_cache
+    )
     with torch.no_grad():
         for probe, imp in zip(probes, got, strict=True):
             clean = _direct_outcome(model, probe.ids, probe.n_pred)
@@ -229,8 +240,16 @@ def test_perturbation_importance_equals_per_token_pad_replacement_kl(tiny, outco
             assert imp.tolist() == pytest.approx(want, rel=1e-9, abs=1e-15)
     assert got[1][4] == 0  # the token that already is the pad token
     assert len(set(got[0].tolist())) == len(got[0])  # the tokens are told apart
-    # every clean and perturbed sequence is charged
-    assert forwarded == sum((1 + len(p.positions)) * len(p.ids) for p in probes)
+    # every clean sequence is charged, and of each perturbed copy the tokens forwarded:
+    # with the prefix cache, those from the perturbed token (or the first answer-predicting
+    # position, if later) on
+    if prefix_cache:
+        copies = sum(
+            len(p.ids) - min(pos, len(p.ids) - p.n_pred) for p in probes for pos in p.positions
+        )
+    else:
+        copies = sum(len(p.positions) * len(p.ids) for p in probes)
+    assert forwarded == sum(len(p.ids) for p in probes) + copies
 
 
 @pytest.fixture(scope="module")
@@ -355,9 +374,10 @@ def test_advantages_multiply_group_norm_by_weights_and_skip_zero_variance_groups
     assert all(tr.advantages == [0.0] * len(tr.completion_ids) for tr in flat.trajectories)
     assert all("oar" not in tr.meta for tr in flat.trajectories)  # skipped, not computed
     # OAR-P ("last"): prompt + the 17 completion tokens before the first answer token, and
-    # one perturbed copy per reasoning token; OAR-G ("mean", answer "36" = tokens 17, 18):
-    # prompt + 18 tokens (up to the last answer-predicting position), clean + noisy
-    perturbed = (1 + 15) * (n_prompt + 17)
+    # of the copy perturbed at reasoning token j (0..14) the 17 - j tokens from it on (the
+    # prefix cache); OAR-G ("mean", answer "36" = tokens 17, 18): prompt + 18 tokens (up to
+    # the last answer-predicting position), clean + noisy
+    perturbed = (n_prompt + 17) + sum(17 - j for j in range(15))
     per_probe = perturbed if importance == "perturbation" else 2 * (n_prompt + 18)
     assert method.ctx.ledger.forwarded == {importance: 2 * per_probe}
     assert all(p.grad is None for p in model.parameters())
@@ -492,8 +512,9 @@ def test_oar_trains_two_steps_and_charges_importance_tokens(
             if n_reason == 0:
                 assert tr.advantages == pytest.approx([a] * len(tr.completion_ids))
                 continue
-            if importance == "perturbation":
-                expected += (1 + n_reason) * (len(tr.prompt_ids) + span[0])
+            if importance == "perturbation":  # the clean sequence, each copy from token j on
+                expected += len(tr.prompt_ids) + span[0]
+                expected += sum(span[0] - j for j in range(n_reason))
             else:
                 expected += 2 * (len(tr.prompt_ids) + span[1] - 1)
             reshaped += 1
