@@ -12,7 +12,8 @@ sampling settings), gives each row a random advantage, and times the update's lo
 ``Trainer.policy_update`` runs it (select, trim, ``completion_logprobs``, ``batch_loss``,
 backward; gradients accumulated, no optimiser step), one torch thread, the best of
 ``--repeats``. It prints, per setting, the padded token slots forwarded (against the real
-tokens) and the milliseconds per update, and checks that every setting's gradient equals
+tokens), the milliseconds per update and per scoring pass (the no-grad forwards of the
+behaviour or reference log-probs, ``Trainer._score``), and checks that every setting's gradient equals
 the one-micro-batch gradient (the same loss).
 
     python benchmarks/micro_batch.py --base results/default/base
@@ -85,6 +86,18 @@ def update(model, batch: Batch, size: int | None, trim: bool, cfg: LossConfig) -
     return slots
 
 
+@torch.no_grad()
+def score(model, batch: Batch, size: int | None, trim: bool) -> None:
+    """A scoring pass (behaviour or reference log-probs, ``Trainer._score``): no grad."""
+    for idx in batch.micro_batches(size):
+        part = batch.select(idx)
+        if trim:
+            part = part.trimmed()
+        completion_logprobs(
+            model, part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--base", default="results/default/base")
@@ -117,7 +130,7 @@ def main() -> None:
     update(model, batch, None, False, cfg)
     reference = grad()
     print(
-        f"{'micro':>6} {'trim':>5} {'slots':>7} {'padding':>8} {'ms/update':>10} {'max|dgrad|':>11}"
+        f"{'micro':>6} {'trim':>5} {'slots':>7} {'padding':>8} {'ms/update':>10} {'ms/score':>9} {'max|dgrad|':>11}"
     )
     for size in args.sizes:
         for trim in (False, True):
@@ -128,9 +141,14 @@ def main() -> None:
                 slots = update(model, batch, size, trim, cfg)
                 times.append(time.perf_counter() - t0)
             diff = float((grad() - reference).abs().max())
+            scoring = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                score(model, batch, size, trim)
+                scoring.append(time.perf_counter() - t0)
             print(
                 f"{size:>6} {str(trim):>5} {slots:>7} {1 - real / slots:>8.1%} "
-                f"{min(times) * 1000:>10.1f} {diff:>11.2e}"
+                f"{min(times) * 1000:>10.1f} {min(scoring) * 1000:>9.1f} {diff:>11.2e}"
             )
 
 

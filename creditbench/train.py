@@ -558,14 +558,12 @@ class Trainer:
                 # LoRA: the reference is the base model with the adapter switched off
                 ctx = self.model.disable_adapter() if self.ref_model is None else nullcontext()
                 with ctx:
-                    batch.ref_logprobs = self._logprobs(
-                        self.ref_model or scorer, batch, temperature
-                    )
+                    batch.ref_logprobs = self._score(self.ref_model or scorer, batch, temperature)
                 self.ledger.add_tokens("reference", forwarded=tokens)
             # several passes: a ratio needs the behaviour policy's log-probs (an unclipped
             # ``logprob`` objective without a ratio-weighted KL has none to compute)
             if needs_old_logprobs(loss_cfg, n_updates):
-                batch.old_logprobs = self._logprobs(scorer, batch, temperature)
+                batch.old_logprobs = self._score(scorer, batch, temperature)
                 self.ledger.add_tokens("old_logprobs", forwarded=tokens)
         stats: dict[str, list[float]] = {}
         # accelerate's gradient state is process-global: never inherit a stale "accumulating"
@@ -623,6 +621,29 @@ class Trainer:
         if deepspeed:  # DeepSpeed steps inside backward, at an accumulation boundary only
             self.accelerator.sync_gradients = last
         return nullcontext() if last else self.accelerator.no_sync(self.model_wrapped)
+
+    def _score(self, model, batch: Batch, temperature: float) -> torch.Tensor:
+        """No-grad log-probs of ``batch``'s completion tokens, ``[B, C]`` (0 past a row's
+        end), forwarded in the update's micro-batches (``train.micro_batch_size``, rows of
+        similar length together, each at its own width), never the whole batch at once:
+        a scoring pass holds no more logits than an update's forward does. Several
+        processes: collective, every process as many forwards as the one with the most
+        (a process short of data scores a placeholder row, discarded)."""
+        parts = batch.micro_batches(self.run.train.micro_batch_size)
+        (n_micro,) = self.dist.max([len(parts)])
+        out = None
+        for j in range(n_micro):
+            if j >= len(parts):
+                self._logprobs(model, batch.select([0]), temperature)
+                continue
+            part = batch.select(parts[j]).trimmed()
+            lp = self._logprobs(model, part, temperature) * part.completion_mask
+            if out is None:
+                out = lp.new_zeros(batch.completion_ids.shape)
+            out[torch.tensor(parts[j], device=lp.device), : lp.size(1)] = lp
+        if out is None:  # no rows
+            out = torch.zeros(batch.completion_ids.shape, device=batch.completion_ids.device)
+        return out
 
     def _logprobs(self, model, batch: Batch, temperature: float) -> torch.Tensor:
         return completion_logprobs(

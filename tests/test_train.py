@@ -304,6 +304,51 @@ def cli_reference(small_experiment, tmp_path_factory):
     return out
 
 
+def test_scoring_passes_forward_the_update_micro_batches_each_at_its_own_width(
+    small_experiment, tmp_path
+):
+    """The behaviour and reference log-probs (``Trainer._score``) are those of the whole
+    padded batch, 0 past each row's end, from one forward per micro-batch of rows of
+    similar length, each no wider than its own rows."""
+    from conftest import small_config
+
+    from creditbench.rollouts import Batch, Trajectory
+
+    cfg = small_config(train={"micro_batch_size": 3})
+    t = Trainer(cfg.run("grpo"), 0, small_experiment["base"], small_experiment["data"], tmp_path)
+    g = torch.Generator().manual_seed(0)
+    tok = t.tokenizer
+    vocab = [i for i in range(len(tok)) if i not in tok.all_special_ids]
+    trajs = []
+    for problem in t.train_problems[:7]:
+        n = int(torch.randint(2, 20, (1,), generator=g))
+        ids = [vocab[int(j)] for j in torch.randint(len(vocab), (n,), generator=g)]
+        prompt = t.sampler.encode_prompt(problem.prompt)
+        trajs.append(Trajectory(problem, prompt, ids, tok.decode(ids), 0.0, "rollout", [n]))
+    batch = Batch.from_trajectories([tr.set_credit(1.0) for tr in trajs], tok.pad_token_id)
+    widths = []
+    hook = t.model.register_forward_pre_hook(
+        lambda mod, a, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            got = t._score(t.model, batch, 1.0)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        whole = t._logprobs(t.model, batch, 1.0) * batch.completion_mask
+    torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
+    assert torch.all(got[batch.completion_mask == 0] == 0)
+    lengths = [len(tr.completion_ids) for tr in trajs]
+    prompts = [len(tr.prompt_ids) for tr in trajs]
+    parts = batch.micro_batches(3)
+    assert [len(part) for part in parts] == [3, 3, 1]
+    want = [
+        (len(part), max(prompts[i] for i in part) + max(lengths[i] for i in part)) for part in parts
+    ]
+    assert widths == want
+
+
 def test_sigterm_checkpoints_the_current_step_exits_75_and_the_resumed_run_ends_equal(
     small_experiment, cli_reference, tmp_path
 ):
