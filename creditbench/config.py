@@ -460,7 +460,10 @@ class TrainConfig(Strict):
     max_grad_norm: PositiveFloat = 1.0
     epochs: PositiveInt = 1
     minibatches: PositiveInt = 1
-    micro_batch_size: PositiveInt | None = None  # sequences per forward (gradient accumulation)
+    # sequences per forward (gradient accumulation), rows of similar completion length
+    # together, each micro-batch at its own width; the no-grad scoring passes (behaviour
+    # and reference log-probs) go by the same micro-batches. null: the whole minibatch
+    micro_batch_size: PositiveInt | None = None
     # [choice] memory: recompute each decoder layer's activations in the backward instead
     # of keeping them (transformers' ``gradient_checkpointing_enable`` with
     # ``use_reentrant=False``, and ``config.use_cache=False`` for the updates), on the
