@@ -20,6 +20,7 @@ per sampler batch), ``--sampler-batch-sizes``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import time
@@ -48,8 +49,6 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(1)
-    import logging
-
     logging.disable(logging.WARNING)
     cfg = load_experiment(args.config)
     ev = cfg.eval

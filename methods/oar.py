@@ -337,18 +337,30 @@ def _full_copies(model, probes, chunk, pad_id, device):
     return logq, sum(len(s) for s in seqs)
 
 
+def _suffix_start(probe: Probe, pos: int) -> int:
+    """The first token a copy perturbed at ``pos`` forwards over the prefix cache: the
+    perturbed token, or the first answer-predicting position if that comes earlier."""
+    return min(pos, len(probe.ids) - probe.n_pred)
+
+
+def _placeholder_forward(model, pad_id: int, device) -> None:
+    """A forward that only keeps the processes in step (``lockstep``); discarded."""
+    ids, attention = pad_left([[pad_id]], pad_id, device)
+    outcome_logprobs(model, ids, attention, [1])
+
+
 def _suffix_copies(model, probes, cache, row, shift, chunk, pad_id, device):
     """``log P_final`` of perturbed copies ``(k, j, pos)``, each forwarded from its
     perturbed token on, after the clean pass's KV of the tokens before it.
 
     A copy of probe k perturbed at ``pos`` equals the clean sequence before ``pos``: in a
     causal model those positions' keys and values are the clean pass's, so only the
-    tokens from ``start = min(pos, len - n_pred)`` on are forwarded. ``cache``: the clean
-    pass's per-layer ``(keys, values)``, ``[B, heads, W, d]``: probe k in row ``row[k]``,
-    left-padded by ``shift[k]``. The batch's prefixes are right-aligned in a cache of the longest one and
-    its suffixes left-padded to the longest: ``[pad | prefix | pad | suffix]`` under one
-    attention mask, positions counted over the real tokens (as the clean pass counts)."""
-    starts = [min(pos, len(probes[k].ids) - probes[k].n_pred) for k, _, pos in chunk]
+    tokens from ``_suffix_start`` on are forwarded. ``cache``: the clean pass's per-layer
+    ``(keys, values)``, ``[B, heads, W, d]``: probe k in row ``row[k]``, left-padded by
+    ``shift[k]``. The batch's prefixes are right-aligned in a cache of the longest one
+    and its suffixes left-padded to the longest: ``[pad | prefix | pad | suffix]`` under
+    one attention mask, positions counted over the real tokens (as the clean pass does)."""
+    starts = [_suffix_start(probes[k], pos) for k, _, pos in chunk]
     width_p = max(starts)
     rows = torch.tensor([row[k] for k, _, _ in chunk], device=device)
     cols = torch.tensor(
@@ -419,10 +431,10 @@ def perturbation_importance(
     forwarded = 0
     importance = [torch.zeros(len(p.positions), dtype=torch.float64) for p in probes]
     for block in lockstep(collective, _chunks(list(range(len(probes))), batch_size)):
+        copies = []
         if block is None:  # another process has more probes: placeholder forwards
-            block = []
-        copies, cache, row, shift, clean = [], None, {}, {}, None
-        if block:
+            _placeholder_forward(model, pad_id, device)
+        else:
             chunk = [probes[k] for k in block]
             ids, attention = pad_left([p.ids for p in chunk], pad_id, device)
             fresh = DynamicCache() if prefix_cache else None
@@ -433,14 +445,11 @@ def perturbation_importance(
             row = {k: i for i, k in enumerate(block)}
             shift = {k: ids.size(1) - len(probes[k].ids) for k in block}
             copies = [(k, j, pos) for k in block for j, pos in enumerate(probes[k].positions)]
-            copies.sort(key=lambda c: len(probes[c[0]].ids) - c[2])  # suffix length
-        else:
-            ids, attention = pad_left([[pad_id]], pad_id, device)
-            outcome_logprobs(model, ids, attention, [1])
+            # similar suffix lengths share a forward, so each pads little
+            copies.sort(key=lambda c: len(probes[c[0]].ids) - _suffix_start(probes[c[0]], c[2]))
         for part in lockstep(collective, _chunks(copies, batch_size)):
             if part is None:
-                ids, attention = pad_left([[pad_id]], pad_id, device)
-                outcome_logprobs(model, ids, attention, [1])
+                _placeholder_forward(model, pad_id, device)
                 continue
             if cache is not None:
                 logq, n = _suffix_copies(model, probes, cache, row, shift, part, pad_id, device)
