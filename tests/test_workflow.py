@@ -75,6 +75,18 @@ def test_smoke_experiment_runs_every_rule_and_writes_the_output_contract(smoke_r
     assert (r / "benchmarks" / "warmstart.tsv").is_file()
 
 
+
+def test_every_training_job_starts_before_any_evaluation_or_diagnostic(smoke_run):
+    """rule train's priority: on 2 cores the 4 training jobs (2 runs x 2 seeds) all start
+    before the short jobs that become ready meanwhile, which then fill the cores."""
+    log = sorted((smoke_run / ".snakemake" / "log").glob("*.snakemake.log"))[0].read_text()
+    started = re.findall(r"^(?:local)?rule (\w+):$", log, flags=re.M)
+    assert started.count("train") == 4, started
+    last_train = max(i for i, name in enumerate(started) if name == "train")
+    fillers = [n for n in started if n.startswith(("evaluate", "diagnostics"))]
+    assert fillers, started
+    assert not [n for n in started[:last_train] if n in fillers], started
+
 def test_the_report_gathers_every_table_and_figure_with_its_caption(smoke_run, tmp_path):
     report = tmp_path / "report.html"
     snakemake("--report", str(report), "--configfile", str(SMOKE), cwd=smoke_run)  # no --cores
