@@ -75,7 +75,6 @@ def test_smoke_experiment_runs_every_rule_and_writes_the_output_contract(smoke_r
     assert (r / "benchmarks" / "warmstart.tsv").is_file()
 
 
-
 def test_every_training_job_starts_before_any_evaluation_or_diagnostic(smoke_run):
     """rule train's priority: on 2 cores the 4 training jobs (2 runs x 2 seeds) all start
     before the short jobs that become ready meanwhile, which then fill the cores."""
@@ -86,6 +85,7 @@ def test_every_training_job_starts_before_any_evaluation_or_diagnostic(smoke_run
     fillers = [n for n in started if n.startswith(("evaluate", "diagnostics"))]
     assert fillers, started
     assert not [n for n in started[:last_train] if n in fillers], started
+
 
 def test_the_report_gathers_every_table_and_figure_with_its_caption(smoke_run, tmp_path):
     report = tmp_path / "report.html"

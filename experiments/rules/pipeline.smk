@@ -105,14 +105,14 @@ rule train:
         f"{R}/logs/train/{{run}}/{TRAIN_JOB}.log",
     benchmark:
         f"{R}/benchmarks/train/{{run}}/{TRAIN_JOB}.tsv"
-    conda:
-        ENV
-    threads: THREADS["train"]
     # training before every other job that is ready (evaluations, diagnostics): the
     # short jobs then fill the cores while the last training jobs run, instead of one
     # long training job running alone at the end (the default on 2 cores: 3 minutes of
     # one idle core at the end of the experiment without it)
     priority: 1
+    conda:
+        ENV
+    threads: THREADS["train"]
     resources:
         gpu=GPUS["train"],
         nodes=LAUNCH.num_machines,  # SLURM: --nodes (one unless launch.num_machines)
