@@ -53,7 +53,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from creditbench import faults
 from creditbench.config import ConfigError, RunConfig
@@ -84,6 +83,7 @@ from creditbench.model import (
 )
 from creditbench.rollouts import Batch
 from creditbench.sampling import Sampler
+from creditbench.schedules import get_scheduler
 from creditbench.tasks import make_task
 from creditbench.utils import (
     atomic_write_json,

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from creditbench.config import ConfigError, ExperimentConfig, SamplingConfig
 from creditbench.evaluate import evaluate_accuracy, evaluate_localisation
@@ -34,6 +33,7 @@ from creditbench.model import (
     save_policy,
 )
 from creditbench.sampling import Sampler
+from creditbench.schedules import get_scheduler
 from creditbench.tasks import make_task
 from creditbench.utils import atomic_write_json, seed_everything
 

@@ -87,10 +87,10 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import get_scheduler
 
 from creditbench.distributed import lockstep
 from creditbench.rollouts import Group, Trajectory
+from creditbench.schedules import get_scheduler
 
 DEFAULTS = {
     "loss": {
