@@ -3,11 +3,13 @@ get_scheduler and its _get_*_lr_lambda helpers), value by value and state dict b
 dict, and against hand-computed multipliers."""
 
 import math
+import typing
 
 import pytest
 import torch
 from transformers import get_scheduler as hf_get_scheduler
 
+from creditbench.config import TrainConfig
 from creditbench.schedules import SCHEDULES, get_scheduler, lr_multiplier
 
 
@@ -74,3 +76,11 @@ def test_state_dict_loads_across_implementations():
 def test_unknown_schedule_is_named():
     with pytest.raises(ValueError, match="unknown lr schedule 'step'.*cosine"):
         get_scheduler("step", _optimizer(), num_warmup_steps=0, num_training_steps=10)
+    with pytest.raises(ValueError, match="unknown lr schedule 'step'"):
+        lr_multiplier("step", 0, 0, 10)
+
+
+def test_config_offers_exactly_the_schedules_implemented():
+    # the config's Literal stays free of torch; this keeps the two lists equal
+    offered = typing.get_args(TrainConfig.model_fields["lr_schedule"].annotation)
+    assert offered == SCHEDULES
